@@ -1,0 +1,186 @@
+"""The composition root: settings -> broker -> poller -> workflows, and the background loops that join them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from mcp import StdioServerParameters
+from workflows.audit import AuditLog
+
+from broker.client import BrokerClient, BrokerTarget
+from broker.errors import BrokerError
+from mcp_overlay_server.settings import OverlaySettings
+from poller.bus import EventBus, InProcessBus
+from poller.config import PollerConfig
+from poller.service import Poller
+from poller.sources import IBMCPSource
+from poller.trigger_store import TriggerStore
+from poller.triggers import TriggerEngine, TriggerSpec
+from workflows.analyst import build_analyst
+from workflows.checkpoint import open_checkpointer
+from workflows.deps import TradingSettings, WorkflowDeps
+from workflows.execution import reconcile_ledger
+from workflows.market_hours import market_clock
+from workflows.risk import RiskEngine, RiskLimits
+from workflows.risk_gate import BrokerRiskGate
+from workflows.runner import WorkflowError, WorkflowRunner
+from workflows.store import WorkflowStore, make_engine
+from workflows.usage import UsageLedger
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 5.0
+
+
+def broker_target(settings: OverlaySettings) -> BrokerTarget:
+    if settings.ib_mcp_command:
+        command, *args = settings.ib_mcp_command.split()
+        return StdioServerParameters(command=command, args=args)
+    return settings.ib_mcp_url
+
+
+@dataclass
+class Overlay:
+    """Everything the MCP tools and the REST endpoints act on."""
+
+    settings: OverlaySettings
+    broker: BrokerClient
+    store: WorkflowStore
+    audit: AuditLog
+    usage: UsageLedger
+    runner: WorkflowRunner
+    risk: BrokerRiskGate
+    triggers: TriggerEngine
+    trigger_store: TriggerStore
+    poller: Poller
+    bus: EventBus
+    background_errors: list[str] = field(default_factory=list)
+
+    async def add_trigger(self, spec: TriggerSpec) -> None:
+        self.triggers.add(spec)
+        await self.trigger_store.save(spec)
+
+    async def remove_trigger(self, name: str) -> bool:
+        removed = self.triggers.remove(name)
+        await self.trigger_store.delete(name)
+        return removed
+
+    async def set_trigger_enabled(self, name: str, enabled: bool) -> bool:
+        changed = self.triggers.set_enabled(name, enabled)
+        if changed:
+            await self.trigger_store.set_enabled(name, enabled)
+        return changed
+
+    async def consume_events(self) -> None:
+        async for delivery in self.bus.deliveries():
+            try:
+                await self.runner.handle_event(delivery.event)
+            except Exception:  # one bad event must not stop the consumer
+                log.exception("event %s could not be handled", delivery.event.event_id)
+            await delivery.ack()
+
+    async def sweep_approvals(self) -> None:
+        while True:
+            await anyio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.runner.expire_overdue()
+            except (BrokerError, WorkflowError) as exc:
+                log.warning("approval sweep: %s", exc)
+
+
+@asynccontextmanager
+async def open_overlay(
+    settings: OverlaySettings,
+    *,
+    poller_config: PollerConfig | None = None,
+    target: BrokerTarget | None = None,
+    run_poller: bool = True,
+) -> AsyncIterator[Overlay]:
+    """Open every part, start the background loops, and close it all in reverse order on exit."""
+    async with AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(
+            BrokerClient(
+                target or broker_target(settings),
+                **({"reply_allow_list": settings.ib_reply_allow_list} if settings.ib_reply_allow_list else {}),
+            )
+        )
+        workflow_engine = make_engine(settings.workflows_db_url)
+        context_engine = (
+            workflow_engine
+            if settings.context_db_url == settings.workflows_db_url
+            else make_engine(settings.context_db_url)
+        )
+        store = WorkflowStore(workflow_engine, context_engine)
+        stack.push_async_callback(store.close)
+        await store.init()
+        audit = AuditLog(workflow_engine)
+        await audit.init()
+        usage = UsageLedger(workflow_engine)
+        await usage.create_table()
+        api_key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+        analyst = build_analyst(
+            api_key, usage, model=settings.claude_model, daily_budget_usd=settings.claude_daily_budget_usd
+        )
+        trading = TradingSettings(
+            mode=settings.trading_mode,
+            live_trading_enabled=settings.live_trading_enabled,
+            account_ids=tuple(settings.ib_account_ids),
+            approval_ttl_s=settings.approval_ttl_s,
+            max_order_notional_usd=settings.max_order_notional_usd,
+            max_price_drift_pct=settings.max_price_drift_pct,
+        )
+        limits = RiskLimits(
+            max_order_notional_usd=settings.max_order_notional_usd,
+            trading_mode=settings.trading_mode,
+            allowed_accounts=list(settings.ib_account_ids),
+        )
+        risk = BrokerRiskGate(RiskEngine(limits), broker, store, trading, clock=market_clock(settings.market_calendar))
+        await risk.load(store)
+        checkpointer = await stack.enter_async_context(open_checkpointer(settings.checkpoint_url))
+        deps = WorkflowDeps(broker=broker, store=store, analyst=analyst, risk=risk, audit=audit, trading=trading)
+        runner = WorkflowRunner(deps, checkpointer)
+
+        trigger_store = TriggerStore(settings.triggers_db_url)
+        config_triggers = poller_config.triggers if poller_config else []
+        triggers = TriggerEngine(config_triggers)
+        for spec in await trigger_store.load():
+            triggers.add(spec)
+        bus = InProcessBus()
+        poller = Poller(
+            IBMCPSource(broker),
+            triggers,
+            bus,
+            interval_s=poller_config.interval_seconds if poller_config else 2.0,
+            symbols=poller_config.symbols if poller_config else (),
+        )
+        overlay = Overlay(
+            settings=settings,
+            broker=broker,
+            store=store,
+            audit=audit,
+            usage=usage,
+            runner=runner,
+            risk=risk,
+            triggers=triggers,
+            trigger_store=trigger_store,
+            poller=poller,
+            bus=bus,
+        )
+        try:
+            await reconcile_ledger(broker, store)
+        except BrokerError as exc:
+            log.warning("ledger not reconciled at start-up (IB_MCP unreachable?): %s", exc)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(overlay.consume_events)
+            tasks.start_soon(overlay.sweep_approvals)
+            if run_poller:
+                tasks.start_soon(poller.run)
+            try:
+                yield overlay
+            finally:
+                tasks.cancel_scope.cancel()
+        await trigger_store.close()

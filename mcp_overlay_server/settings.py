@@ -1,0 +1,85 @@
+"""All configuration, from the environment (or a .env file). Secrets never appear in repr or logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from workflows.analyst import DEFAULT_CLAUDE_MODEL
+
+
+class OverlaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+
+    ib_mcp_url: str = Field(
+        default="http://localhost:5002/mcp/",
+        validation_alias=AliasChoices("IB_MCP_URL"),
+        description="IB_MCP's streamable HTTP endpoint (trailing slash)",
+    )
+    ib_mcp_command: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("IB_MCP_COMMAND"),
+        description="run IB_MCP (or the simulator) as a stdio subprocess instead of connecting to a URL",
+    )
+    ib_account_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("IB_ACCOUNT_IDS", "IB_ACCOUNT_ID")
+    )
+    ib_reply_allow_list: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("IB_REPLY_ALLOW_LIST")
+    )
+
+    data_dir: Path = Field(default=Path("data"), validation_alias=AliasChoices("OVERLAY_DATA_DIR", "DATA_DIR"))
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    poller_config: Path | None = Field(default=None, validation_alias=AliasChoices("POLLER_CONFIG"))
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CLAUDE_API_KEY")
+    )
+    claude_model: str = Field(default=DEFAULT_CLAUDE_MODEL, validation_alias=AliasChoices("CLAUDE_MODEL"))
+    claude_daily_budget_usd: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("CLAUDE_DAILY_BUDGET_USD"))
+
+    trading_mode: Literal["paper", "live"] = Field(default="paper", validation_alias=AliasChoices("TRADING_MODE"))
+    live_trading_enabled: bool = Field(default=False, validation_alias=AliasChoices("LIVE_TRADING_ENABLED"))
+    approval_ttl_s: float = Field(default=300.0, gt=0, validation_alias=AliasChoices("APPROVAL_TTL_S"))
+    max_order_notional_usd: float = Field(default=5000.0, gt=0, validation_alias=AliasChoices("MAX_ORDER_NOTIONAL_USD"))
+    max_price_drift_pct: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("MAX_PRICE_DRIFT_PCT"))
+
+    market_calendar: str = Field(
+        default="XNYS",
+        validation_alias=AliasChoices("MARKET_CALENDAR"),
+        description="exchange_calendars code for market hours, or 'always' (simulator, replays)",
+    )
+
+    http_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("OVERLAY_HOST"))
+    http_port: int = Field(default=8765, ge=0, le=65535, validation_alias=AliasChoices("OVERLAY_PORT"))
+    http_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OVERLAY_TOKEN"))
+
+    @field_validator("ib_account_ids", "ib_reply_allow_list", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def workflows_db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'langgraph' / 'workflows.db'}"
+
+    @property
+    def context_db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'langgraph' / 'context.db'}"
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.database_url or str(self.data_dir / "langgraph" / "checkpoints" / "checkpoints.db")
+
+    @property
+    def triggers_db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'poller' / 'triggers.db'}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "http_token"

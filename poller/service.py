@@ -1,0 +1,124 @@
+"""The polling loop: source -> trigger engine -> bus, on a fixed interval, with backoff when the source fails."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+
+from poller.bus import EventBus
+from poller.events import TriggerEvent
+from poller.sources import QuoteSource
+from poller.triggers import TriggerEngine
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class PollerStats:
+    cycles: int = 0
+    ticks: int = 0
+    events: int = 0
+    failed_polls: int = 0
+    overruns: int = 0
+    skipped_cycles: int = 0
+    last_poll_at: datetime | None = None
+    last_poll_ms: float | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    fired_by_trigger: dict[str, int] = field(default_factory=dict)
+
+
+class Poller:
+    def __init__(
+        self,
+        source: QuoteSource,
+        engine: TriggerEngine,
+        bus: EventBus,
+        *,
+        interval_s: float,
+        symbols: Iterable[str] = (),
+    ) -> None:
+        self.source = source
+        self.engine = engine
+        self.bus = bus
+        self.interval_s = interval_s
+        self.extra_symbols = {s.upper() for s in symbols}
+        self.stats = PollerStats()
+        self.running = False
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self.extra_symbols | self.engine.symbols())
+
+    async def poll_once(self) -> list[TriggerEvent]:
+        """One cycle: one source call for every symbol, each tick through the engine, events published."""
+        symbols = self.symbols
+        if not symbols:
+            return []
+        started = time.perf_counter()
+        ticks = await self.source.poll(symbols)
+        events: list[TriggerEvent] = []
+        for tick in ticks:
+            events.extend(self.engine.on_tick(tick))
+        for event in events:
+            await self.bus.publish(event)
+            self.stats.fired_by_trigger[event.trigger_name] = self.stats.fired_by_trigger.get(event.trigger_name, 0) + 1
+            log.info(
+                "trigger fired",
+                extra={
+                    "event": "trigger_fired",
+                    "symbol": event.symbol,
+                    "price": event.price,
+                    "trigger": event.trigger_name,
+                    "condition": event.condition,
+                },
+            )
+        self.stats.cycles += 1
+        self.stats.ticks += len(ticks)
+        self.stats.events += len(events)
+        self.stats.last_poll_at = datetime.now(UTC)
+        self.stats.last_poll_ms = (time.perf_counter() - started) * 1000
+        return events
+
+    async def run(self) -> None:
+        """Poll until cancelled. A failing source is retried with exponential backoff; an overrun cycle
+        makes the loop skip to the next interval boundary instead of piling up."""
+        self.running = True
+        next_at = time.monotonic()
+        try:
+            while True:
+                try:
+                    await self.poll_once()
+                    self.stats.consecutive_failures = 0
+                    self.stats.last_error = None
+                except Exception as exc:  # a source failure must never end the loop
+                    self.stats.failed_polls += 1
+                    self.stats.consecutive_failures += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    backoff_s = min(MAX_BACKOFF_S, self.interval_s * 2 ** min(self.stats.consecutive_failures, 10))
+                    log.warning("poll failed (%s); retrying in %.1f s", self.stats.last_error, backoff_s)
+                    await anyio.sleep(backoff_s)
+                    next_at = time.monotonic()
+                    continue
+                next_at += self.interval_s
+                now = time.monotonic()
+                if now > next_at:
+                    missed = int((now - next_at) // self.interval_s) + 1
+                    self.stats.overruns += 1
+                    self.stats.skipped_cycles += missed
+                    log.warning(
+                        "poll cycle overran the %.2f s interval; skipping %d cycle(s)",
+                        self.interval_s,
+                        missed,
+                    )
+                    next_at += missed * self.interval_s
+                await anyio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            self.running = False

@@ -1,0 +1,42 @@
+"""The LangGraph checkpointer: SQLite by default, PostgreSQL when the URL says so."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+
+def _is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def _sqlite_path(url: str) -> str:
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            return url[len(prefix) :]
+    return url
+
+
+@asynccontextmanager
+async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
+    """One saver connection for the process lifetime (STACK-NOTES: keep it open; resuming from a new process
+    on the same file works). `url` is a SQLite path or URL, or a postgresql:// URL."""
+    if _is_postgres(url):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        async with AsyncPostgresSaver.from_conn_string(conninfo) as saver:
+            await saver.setup()
+            yield saver
+        return
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = _sqlite_path(url)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(path) as saver:
+        await saver.setup()
+        yield saver

@@ -1,0 +1,360 @@
+"""Starts workflow graphs, resumes them with the human's decision, and reports their state.
+
+One LangGraph thread per workflow run (thread id = workflow id), checkpointed after every step, so a run
+waiting for approval survives a restart. Deciding an approval is a compare-and-set in the database
+(pending -> approved), so a double approval, from one process or two, resumes the graph once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import StateGraph
+from langgraph.types import Command
+from pydantic import BaseModel
+
+from broker.errors import BrokerError
+from poller.events import TriggerEvent
+from workflows.deps import WorkflowDeps
+from workflows.graphs import price_alert
+from workflows.models import OrderIntent, Proposal
+from workflows.store import Approval, MarketEvent, WorkflowRun, as_utc, utc_now
+
+log = logging.getLogger(__name__)
+
+GraphBuilder = Callable[[WorkflowDeps], StateGraph]
+DEFAULT_GRAPHS: dict[str, GraphBuilder] = {price_alert.WORKFLOW: price_alert.build}
+Decision = Literal["approve", "reject"]
+
+
+class WorkflowError(Exception):
+    """A workflow could not start or continue; the message says why and what to do."""
+
+
+class RunView(BaseModel):
+    workflow_id: str
+    workflow: str
+    status: str
+    symbol: str | None = None
+    summary: str = ""
+    error: str | None = None
+    pending_approval_id: str | None = None
+    result: dict[str, Any] = {}
+    created_at: datetime
+    updated_at: datetime
+
+
+class PendingApproval(BaseModel):
+    approval_id: str
+    workflow_id: str
+    workflow: str
+    mode: str
+    account_id: str
+    symbol: str
+    side: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    reference_price: float
+    notional_usd: float
+    rationale: str
+    analyst: str
+    expires_at: datetime
+    how_to_answer: str
+
+
+class DecisionResult(BaseModel):
+    approval_id: str
+    accepted: bool
+    message: str
+    run: RunView | None = None
+
+
+def pending_view(approval: Approval) -> PendingApproval:
+    proposal = Proposal.model_validate_json(approval.proposal_json)
+    intent = proposal.intent
+    return PendingApproval(
+        approval_id=approval.approval_id,
+        workflow_id=approval.workflow_id,
+        workflow=intent.workflow,
+        mode=proposal.mode,
+        account_id=proposal.account_id,
+        symbol=intent.symbol,
+        side=intent.side,
+        quantity=intent.quantity,
+        order_type=intent.order_type,
+        limit_price=intent.limit_price,
+        reference_price=intent.reference_price,
+        notional_usd=round(intent.notional_usd, 2),
+        rationale=proposal.recommendation.rationale,
+        analyst=proposal.recommendation.source,
+        expires_at=as_utc(approval.expires_at),
+        how_to_answer=(
+            f'call approve_trade(approval_id="{approval.approval_id}", decision="approve" or "reject") '
+            f"before {as_utc(approval.expires_at):%H:%M:%S} UTC"
+        ),
+    )
+
+
+class WorkflowRunner:
+    def __init__(
+        self,
+        deps: WorkflowDeps,
+        checkpointer: BaseCheckpointSaver,
+        graphs: dict[str, GraphBuilder] | None = None,
+    ) -> None:
+        self.deps = deps
+        self._graphs = {
+            name: build(deps).compile(checkpointer=checkpointer) for name, build in (graphs or DEFAULT_GRAPHS).items()
+        }
+        self._thread_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+
+    @property
+    def workflows(self) -> list[str]:
+        return sorted(self._graphs)
+
+    async def start(
+        self, workflow: str, *, event: TriggerEvent | None = None, params: dict[str, Any] | None = None
+    ) -> RunView:
+        """Run `workflow` until it finishes or waits for approval. An event starts at most one run."""
+        if workflow not in self._graphs:
+            raise WorkflowError(f"unknown workflow {workflow!r}; available: {', '.join(self.workflows)}")
+        event_payload = event.model_dump(mode="json") if event else dict(params or {})
+        workflow_id = f"{workflow}-{uuid.uuid4().hex[:10]}"
+        run, created = await self.deps.store.create_run(
+            WorkflowRun(
+                workflow_id=workflow_id,
+                workflow=workflow,
+                symbol=str(event_payload.get("symbol", "")).upper() or None,
+                trigger_event_id=event.event_id if event else None,
+            )
+        )
+        if not created:
+            return await self.status(run.workflow_id)
+        await self.deps.audit.append(
+            "workflow_started",
+            workflow=workflow,
+            workflow_id=workflow_id,
+            symbol=run.symbol,
+            trigger=event_payload.get("trigger_name"),
+            condition=event_payload.get("condition"),
+        )
+        await self._advance(workflow, workflow_id, {"workflow_id": workflow_id, "event": event_payload})
+        return await self.status(workflow_id)
+
+    async def handle_event(self, event: TriggerEvent) -> RunView | None:
+        """A trigger event from the bus: remembered, then handed to the workflow its action names."""
+        fresh = await self.deps.store.record_market_event(
+            MarketEvent(
+                event_id=event.event_id,
+                trigger_name=event.trigger_name,
+                symbol=event.symbol,
+                price=event.price,
+                condition=event.condition,
+                channel=event.channel,
+                payload_json=event.model_dump_json(),
+            )
+        )
+        workflow = event.workflow
+        if workflow is None or workflow not in self._graphs:
+            if fresh:
+                log.info("trigger %s fired (%s): no workflow to run", event.trigger_name, event.action)
+            return None
+        try:
+            return await self.start(workflow, event=event)
+        except WorkflowError as exc:
+            log.warning("trigger %s: %s", event.trigger_name, exc)
+            return None
+
+    async def _advance(self, workflow: str, workflow_id: str, graph_input: Any) -> None:
+        graph = self._graphs[workflow]
+        config = {"configurable": {"thread_id": workflow_id}}
+        async with self._thread_locks[workflow_id]:
+            try:
+                await graph.ainvoke(graph_input, config, durability="sync")
+            except (BrokerError, WorkflowError) as exc:
+                await self.deps.store.update_run(workflow_id, status="failed", error=str(exc), summary=str(exc))
+                await self.deps.audit.append(
+                    "workflow_failed", workflow=workflow, workflow_id=workflow_id, error=str(exc)
+                )
+                raise WorkflowError(str(exc)) from exc
+            except Exception as exc:
+                log.exception("workflow %s failed", workflow_id)
+                message = f"{type(exc).__name__}: {exc}"
+                await self.deps.store.update_run(workflow_id, status="failed", error=message, summary=message)
+                await self.deps.audit.append(
+                    "workflow_failed", workflow=workflow, workflow_id=workflow_id, error=message
+                )
+                raise WorkflowError(f"workflow {workflow_id} failed: {message}") from exc
+
+    async def status(self, workflow_id: str) -> RunView:
+        run = await self.deps.store.get_run(workflow_id)
+        if run is None:
+            raise WorkflowError(f"no workflow run with id {workflow_id!r}; list_workflows shows recent runs")
+        pending = next(
+            (a.approval_id for a in await self.deps.store.pending_approvals() if a.workflow_id == workflow_id),
+            None,
+        )
+        return RunView(
+            workflow_id=run.workflow_id,
+            workflow=run.workflow,
+            status=run.status,
+            symbol=run.symbol,
+            summary=run.summary,
+            error=run.error,
+            pending_approval_id=pending,
+            result=json.loads(run.result_json or "{}"),
+            created_at=as_utc(run.created_at),
+            updated_at=as_utc(run.updated_at),
+        )
+
+    async def recent_runs(self, limit: int = 10) -> list[RunView]:
+        return [await self.status(run.workflow_id) for run in await self.deps.store.list_runs(limit=limit)]
+
+    async def pending(self) -> list[PendingApproval]:
+        await self.expire_overdue()
+        return [pending_view(a) for a in await self.deps.store.pending_approvals()]
+
+    async def expire_overdue(self) -> int:
+        """Pending approvals past their deadline become "expired" and their runs finish without an order."""
+        expired = 0
+        now = utc_now()
+        for approval in await self.deps.store.pending_approvals():
+            if as_utc(approval.expires_at) <= now and await self.deps.store.decide_approval(
+                approval.approval_id, "expired", note="no answer before the deadline"
+            ):
+                expired += 1
+                await self._resume(approval, {"decision": "expired", "note": "approval expired"})
+        return expired
+
+    async def decide(
+        self,
+        approval_id: str,
+        decision: Decision,
+        *,
+        quantity: float | None = None,
+        limit_price: float | None = None,
+        note: str | None = None,
+    ) -> DecisionResult:
+        """Answer a pending approval once. Approving re-checks risk and the price before anything is sent."""
+        approval = await self.deps.store.get_approval(approval_id)
+        if approval is None:
+            raise WorkflowError(f"no approval with id {approval_id!r}; list_pending_approvals shows the open ones")
+        if approval.status != "pending":
+            return DecisionResult(
+                approval_id=approval_id,
+                accepted=False,
+                message=f"approval {approval_id} is already {approval.status}; nothing was done",
+                run=await self.status(approval.workflow_id),
+            )
+        if as_utc(approval.expires_at) <= utc_now():
+            await self.expire_overdue()
+            return DecisionResult(
+                approval_id=approval_id,
+                accepted=False,
+                message=f"approval {approval_id} expired at {as_utc(approval.expires_at):%H:%M:%S} UTC; "
+                "nothing was done. Start the workflow again for a fresh proposal.",
+                run=await self.status(approval.workflow_id),
+            )
+        if decision == "reject":
+            return await self._conclude(approval, "rejected", {"decision": "reject", "note": note}, note)
+        proposal = Proposal.model_validate_json(approval.proposal_json)
+        intent = self._amended(proposal.intent, quantity, limit_price)
+        risk = await self.deps.risk.check(intent, proposal.account_id)
+        if not risk.allowed:
+            reason = f"risk check at approval time denied the order: {risk.summary}"
+            return await self._conclude(approval, "rejected", {"decision": "denied", "note": reason}, reason)
+        drift_pct = await self._price_drift_pct(intent)
+        if drift_pct is not None and drift_pct > self.deps.trading.max_price_drift_pct:
+            reason = (
+                f"{intent.symbol} moved {drift_pct:.2f}% since the proposal "
+                f"(> max_price_drift_pct {self.deps.trading.max_price_drift_pct:g}%); re-proposing at the new price"
+            )
+            return await self._conclude(approval, "cancelled", {"decision": "repropose", "note": reason}, reason)
+        return await self._conclude(
+            approval,
+            "approved",
+            {"decision": "approve", "note": note, "quantity": quantity, "limit_price": limit_price},
+            note,
+            quantity=quantity,
+            limit_price=limit_price,
+        )
+
+    @staticmethod
+    def _amended(intent: OrderIntent, quantity: float | None, limit_price: float | None) -> OrderIntent:
+        if quantity is not None and not 0 < quantity <= intent.quantity:
+            raise WorkflowError(
+                f"quantity must be more than 0 and at most the proposed {intent.quantity:g} shares; "
+                "to trade more, start a new proposal"
+            )
+        if limit_price is not None and limit_price <= 0:
+            raise WorkflowError("limit_price must be a positive price in USD")
+        changes: dict[str, Any] = {}
+        if quantity is not None:
+            changes["quantity"] = quantity
+        if limit_price is not None:
+            changes |= {"limit_price": limit_price, "order_type": "LMT"}
+        return intent.model_copy(update=changes)
+
+    async def _price_drift_pct(self, intent: OrderIntent) -> float | None:
+        try:
+            quote = (await self.deps.broker.quotes([intent.symbol]))[intent.symbol]
+        except BrokerError as exc:
+            raise WorkflowError(f"cannot re-check the price of {intent.symbol} before trading: {exc}") from exc
+        if quote.price is None:
+            return None
+        return abs(quote.price - intent.reference_price) / intent.reference_price * 100
+
+    async def _conclude(
+        self,
+        approval: Approval,
+        status: Literal["approved", "rejected", "cancelled"],
+        resume: dict[str, Any],
+        note: str | None,
+        *,
+        quantity: float | None = None,
+        limit_price: float | None = None,
+    ) -> DecisionResult:
+        won = await self.deps.store.decide_approval(
+            approval.approval_id, status, note=note, quantity=quantity, limit_price=limit_price
+        )
+        if not won:
+            current = await self.deps.store.get_approval(approval.approval_id)
+            return DecisionResult(
+                approval_id=approval.approval_id,
+                accepted=False,
+                message=f"approval {approval.approval_id} was already "
+                f"{current.status if current else 'decided'}; nothing was done",
+                run=await self.status(approval.workflow_id),
+            )
+        await self.deps.audit.append(
+            "approval_decided",
+            workflow_id=approval.workflow_id,
+            approval_id=approval.approval_id,
+            decision=resume["decision"],
+            note=note,
+            quantity=quantity,
+            price=limit_price,
+        )
+        run = await self._resume(approval, resume)
+        return DecisionResult(
+            approval_id=approval.approval_id,
+            accepted=status == "approved",
+            message=run.summary or status,
+            run=run,
+        )
+
+    async def _resume(self, approval: Approval, resume: dict[str, Any]) -> RunView:
+        run = await self.deps.store.get_run(approval.workflow_id)
+        if run is None:
+            raise WorkflowError(f"approval {approval.approval_id} belongs to no known run")
+        await self._advance(run.workflow, run.workflow_id, Command(resume=resume))
+        return await self.status(run.workflow_id)
