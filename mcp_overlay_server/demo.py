@@ -28,6 +28,7 @@ AAPL_START_USD = Decimal("199.40")
 AAPL_BREAKOUT_USD = Decimal("200.35")
 BREAKOUT_AFTER_S = 6.0
 PENDING_WAIT_S = 60.0
+DEMO_MAX_ORDER_NOTIONAL_USD = 10_000.0
 
 
 def demo_market(seed: int = 7) -> MarketSimulator:
@@ -141,6 +142,7 @@ async def run_demo(*, overlay_port: int, sim_port: int, auto_approve: bool, data
             database_url=None,
             market_calendar="always",
             anthropic_api_key=None,
+            max_order_notional_usd=DEMO_MAX_ORDER_NOTIONAL_USD,
         )
         overlay = await stack.enter_async_context(open_overlay(settings, poller_config=demo_poller_config()))
         token = load_or_create_token(settings.token_file)

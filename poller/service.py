@@ -71,14 +71,12 @@ class Poller:
             await self.bus.publish(event)
             self.stats.fired_by_trigger[event.trigger_name] = self.stats.fired_by_trigger.get(event.trigger_name, 0) + 1
             log.info(
-                "trigger fired",
-                extra={
-                    "event": "trigger_fired",
-                    "symbol": event.symbol,
-                    "price": event.price,
-                    "trigger": event.trigger_name,
-                    "condition": event.condition,
-                },
+                "trigger fired: %s (%s %s) at %.4f",
+                event.trigger_name,
+                event.symbol,
+                event.condition,
+                event.price,
+                extra={"event": "trigger_fired", "symbol": event.symbol, "price": event.price},
             )
         self.stats.cycles += 1
         self.stats.ticks += len(ticks)

@@ -38,7 +38,12 @@ def make_market() -> MarketSimulator:
 
 def settings_for(tmp_path: Path, **overrides: Any) -> OverlaySettings:
     return OverlaySettings(
-        data_dir=tmp_path, database_url=None, market_calendar="always", anthropic_api_key=None, **overrides
+        data_dir=tmp_path,
+        database_url=None,
+        market_calendar="always",
+        anthropic_api_key=None,
+        max_order_notional_usd=10_000,
+        **overrides,
     )
 
 
@@ -145,13 +150,25 @@ async def test_rejecting_places_no_order(overlay: Overlay, market: MarketSimulat
 
 
 async def test_start_strategy_proposes_and_waits(overlay: Overlay, market: MarketSimulator, client: Client) -> None:
-    run = await call(client, "start_strategy", workflow="price_alert", symbol="aapl", condition="price < 199.6")
+    run = await call(client, "start_strategy", workflow="price_alert", symbol="msft", condition="price < 100000")
     assert run["status"] == "awaiting_approval"
     [proposal] = (await call(client, "list_pending_approvals"))["approvals"]
     assert proposal["approval_id"] == run["pending_approval_id"]
-    assert proposal["side"] == "BUY" and proposal["quantity"] * proposal["reference_price"] <= 5000
+    assert proposal["side"] == "BUY" and proposal["notional_usd"] <= 5000
+    assert proposal["analyst"] == "offline" and "offline" in proposal["rationale"]
     status = await call(client, "get_workflow_status", workflow_id=run["workflow_id"])
     assert status["status"] == "awaiting_approval"
+    assert market.orders == []
+
+
+async def test_risk_denial_is_reported_with_the_numbers(
+    overlay: Overlay, market: MarketSimulator, client: Client
+) -> None:
+    run = await call(client, "start_strategy", workflow="price_alert", symbol="AAPL", condition="price < 199.6")
+    assert run["status"] == "denied"
+    assert "max_position_notional_usd_per_symbol" in run["summary"]
+    assert "> max_position_notional_usd_per_symbol $10,000.00" in run["summary"]
+    assert (await call(client, "list_pending_approvals"))["approvals"] == []
     assert market.orders == []
 
 
