@@ -14,11 +14,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
-from broker.sim.server import build_sim_server
 from mcp.server.mcpserver import MCPServer
 
 from broker.sim.market import MarketSimulator, StartingPosition
 from broker.sim.prices import WalkSettings
+from broker.sim.server import build_sim_server, serve_sim_http
 from mcp_overlay_server.settings import OverlaySettings
 from poller.config import PollerConfig
 from poller.triggers import TriggerSpec
@@ -133,11 +133,9 @@ async def run_demo(*, overlay_port: int, sim_port: int, auto_approve: bool, data
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ib-overlay-demo-")))
         market = demo_market()
-        sim_url = await stack.enter_async_context(
-            serve_http(demo_sim_server(market).streamable_http_app(host="127.0.0.1"), "127.0.0.1", sim_port)
-        )
+        sim_url = await stack.enter_async_context(serve_sim_http(market, host="127.0.0.1", port=sim_port))
         settings = OverlaySettings(
-            ib_mcp_url=sim_url + "/",
+            ib_mcp_url=sim_url,
             data_dir=data_dir,
             database_url=None,
             market_calendar="always",

@@ -13,11 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
-from broker.sim.server import build_sim_server
 from mcp import Client
 
 from broker.sim.market import MarketSimulator, StartingPosition
 from broker.sim.prices import WalkSettings
+from broker.sim.server import build_sim_server
 from mcp_overlay_server.app import Overlay, open_overlay
 from mcp_overlay_server.server import build_server
 from mcp_overlay_server.settings import OverlaySettings

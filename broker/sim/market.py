@@ -1,0 +1,463 @@
+"""MarketSimulator: a deterministic, synchronous paper broker behind the simulated IB_MCP.
+
+It owns the instruments, one price source per symbol (random walk or bar replay), one paper account, the
+orders and executions, the gateway's pending confirmation questions and its snapshot subscriptions.
+Nothing here knows MCP or the gateway's JSON shapes (see `gateway.py` and `server.py`).
+
+    market = MarketSimulator(["AAPL", "TSLA"], seed=7)
+    market.step()                              # every symbol moves one tick (or one replayed bar)
+    market.set_price("AAPL", 150)              # jump a price; working limit orders fill if crossed
+    market.quote("AAPL").ask, market.cash(), market.positions(), market.orders
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from broker.sim.accounting import ZERO, Account, CommissionSchedule, cents
+from broker.sim.errors import GatewayError
+from broker.sim.faults import FaultPlan
+from broker.sim.instruments import DEFAULT_SYMBOLS, Instrument, default_start_price, instrument_for
+from broker.sim.orders import (
+    Accepted,
+    Declined,
+    Execution,
+    OrderOutcome,
+    OrderRequest,
+    Question,
+    SimOrder,
+    parse_order_ticket,
+    question_text,
+)
+from broker.sim.prices import Bar, BarReplay, PriceSource, RandomWalk, WalkSettings, to_cents
+
+DEFAULT_ACCOUNT_ID = "DU1234567"
+DEFAULT_CASH_USD = Decimal("100000")
+DEFAULT_SPREAD_USD = Decimal("0.02")
+# One routine question for market orders, so that every client exercises the reply path.
+DEFAULT_ORDER_QUESTIONS: dict[str, tuple[str, ...]] = {"MKT": ("o10151",)}
+# Field 6509 as a paper account with live data shows it: R real time, p consolidated, B top of book.
+DEFAULT_AVAILABILITY = "RpB"
+FIRST_ORDER_ID = 1_000_000_001
+
+
+@dataclass(frozen=True)
+class StartingPosition:
+    symbol: str
+    quantity: Decimal
+    avg_cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class SimQuote:
+    symbol: str
+    conid: int
+    last: Decimal
+    bid: Decimal
+    ask: Decimal
+    bid_size: int
+    ask_size: int
+    volume: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    prior_close: Decimal
+    halted: bool
+    closed: bool
+
+
+@dataclass(frozen=True)
+class PositionView:
+    account_id: str
+    instrument: Instrument
+    quantity: Decimal
+    avg_cost: Decimal
+    market_price: Decimal
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+
+    @property
+    def symbol(self) -> str:
+        return self.instrument.symbol
+
+
+@dataclass(frozen=True)
+class OrderPreview:
+    request: OrderRequest
+    price: Decimal
+    amount: Decimal
+    commission: Decimal
+    position_before: Decimal
+    equity_before: Decimal
+
+
+@dataclass
+class _PendingQuestion:
+    account_id: str
+    request: OrderRequest
+    remaining_message_ids: tuple[str, ...]
+
+
+class MarketSimulator:
+    def __init__(
+        self,
+        symbols: Iterable[str] | None = None,
+        *,
+        seed: int = 0,
+        walks: Mapping[str, WalkSettings] | None = None,
+        bars: Mapping[str, Sequence[Bar]] | None = None,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        cash_usd: Decimal | float | int = DEFAULT_CASH_USD,
+        positions: Sequence[StartingPosition] = (),
+        commission: CommissionSchedule | None = None,
+        order_questions: Mapping[str, Sequence[str]] | None = None,
+        spread_usd: Decimal | float = DEFAULT_SPREAD_USD,
+        availability: str = DEFAULT_AVAILABILITY,
+        advance_on_snapshot: bool = False,
+        empty_first_snapshot: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """A market for `symbols` (default: AAPL MSFT TSLA SPY NVDA QQQ, or only the replayed ones when `bars`
+        is given) plus every symbol in `bars` and in the starting `positions`.
+
+        Symbols in `bars` replay those bars; the others follow a random walk seeded by (`seed`, symbol),
+        configured per symbol by `walks`. `order_questions` maps an order type (MKT, LMT) to the
+        confirmation message ids asked, in turn, before an order of that type is accepted.
+        `advance_on_snapshot` moves the market one step per snapshot call; `empty_first_snapshot`
+        answers the first snapshot of each conid without price fields, as the real gateway does.
+        """
+        bars = {symbol.strip().upper(): list(recorded) for symbol, recorded in (bars or {}).items()}
+        walks = {symbol.strip().upper(): settings for symbol, settings in (walks or {}).items()}
+        if symbols is not None:
+            wanted = [symbol.strip().upper() for symbol in symbols]
+        else:
+            wanted = [] if bars else list(DEFAULT_SYMBOLS)
+        for extra in [*bars, *(position.symbol.strip().upper() for position in positions)]:
+            if extra not in wanted:
+                wanted.append(extra)
+        if not wanted:
+            wanted = list(DEFAULT_SYMBOLS)
+        self._clock = clock
+        self._instruments: dict[str, Instrument] = {}
+        self._sources: dict[str, PriceSource] = {}
+        for symbol in wanted:
+            instrument = instrument_for(symbol)
+            self._instruments[symbol] = instrument
+            recorded = bars.get(symbol)
+            if recorded:
+                self._sources[symbol] = BarReplay(recorded)
+            else:
+                settings = walks.get(symbol, WalkSettings())
+                start = settings.start_price_usd or default_start_price(symbol)
+                interval_ms = settings.bar_interval_s * 1000
+                # The walk's clock starts now, so that its history ends at the present like a real feed's.
+                start_ms = self.now_ms() // interval_ms * interval_ms
+                self._sources[symbol] = RandomWalk(start, settings, random.Random(f"{seed}:{symbol}"), start_ms)
+        self._by_conid = {instrument.conid: instrument for instrument in self._instruments.values()}
+        self._account = Account(account_id, cents(Decimal(str(cash_usd))))
+        for position in positions:
+            self._account.open_position(
+                self._instrument(position.symbol), Decimal(str(position.quantity)), Decimal(str(position.avg_cost_usd))
+            )
+        self.commission = commission or CommissionSchedule()
+        self.order_questions: dict[str, tuple[str, ...]] = {
+            order_type.upper(): tuple(ids)
+            for order_type, ids in (DEFAULT_ORDER_QUESTIONS if order_questions is None else order_questions).items()
+        }
+        self.spread_usd = Decimal(str(spread_usd))
+        self.availability = availability
+        self.advance_on_snapshot = advance_on_snapshot
+        self.empty_first_snapshot = empty_first_snapshot
+        self.halted_symbols: set[str] = set()
+        self.market_closed = False
+        self.faults = FaultPlan()
+        self._id_rng = random.Random(f"{seed}:ids")
+        self._orders: dict[int, SimOrder] = {}
+        self._executions: list[Execution] = []
+        self._questions: dict[str, _PendingQuestion] = {}
+        self._registered_client_ids: set[str] = set()
+        self._subscribed_conids: set[int] = set()
+        self._next_order_id = FIRST_ORDER_ID
+        self.steps = 0
+
+    # --- instruments and prices -------------------------------------------------------------------
+
+    @property
+    def instruments(self) -> list[Instrument]:
+        return list(self._instruments.values())
+
+    @property
+    def account_id(self) -> str:
+        return self._account.account_id
+
+    def instrument_by_conid(self, conid: int) -> Instrument | None:
+        return self._by_conid.get(conid)
+
+    def instrument_by_symbol(self, symbol: str) -> Instrument | None:
+        return self._instruments.get(symbol.strip().upper())
+
+    def _instrument(self, symbol: str) -> Instrument:
+        instrument = self.instrument_by_symbol(symbol)
+        if instrument is None:
+            raise KeyError(f"unknown symbol {symbol!r}; the simulator trades {', '.join(self._instruments)}")
+        return instrument
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def quote(self, symbol: str) -> SimQuote:
+        instrument = self._instrument(symbol)
+        source = self._sources[instrument.symbol]
+        bar, session = source.bar, source.session
+        half_spread = cents(self.spread_usd / 2)
+        # Displayed sizes vary with the bar's volume without consuming the price stream's random numbers.
+        bid_size = 100 * (1 + bar.volume // 100 % 9)
+        ask_size = 100 * (1 + bar.volume // 300 % 9)
+        return SimQuote(
+            symbol=instrument.symbol,
+            conid=instrument.conid,
+            last=bar.close,
+            bid=to_cents(bar.close - half_spread),
+            ask=bar.close + half_spread,
+            bid_size=bid_size,
+            ask_size=ask_size,
+            volume=session.volume,
+            open=session.open,
+            high=session.high,
+            low=session.low,
+            prior_close=session.prior_close,
+            halted=instrument.symbol in self.halted_symbols,
+            closed=self.market_closed,
+        )
+
+    def history(self, symbol: str) -> list[Bar]:
+        return self._sources[self._instrument(symbol).symbol].history()
+
+    def step(self, n: int = 1) -> None:
+        """Advance every symbol `n` ticks (or replayed bars), filling working orders the market crosses."""
+        for _ in range(n):
+            for source in self._sources.values():
+                source.advance()
+            self.steps += 1
+            self._match_working_orders()
+
+    def set_price(self, symbol: str, price: Decimal | float | str) -> None:
+        """Jump a symbol's last price (bid/ask follow); working orders the new price crosses fill now."""
+        self._sources[self._instrument(symbol).symbol].jump_to(to_cents(price))
+        self._match_working_orders()
+
+    def subscribe_snapshot(self, conid: int) -> bool:
+        """Record a snapshot request; True the first time a conid is asked for (the gateway subscribes then)."""
+        first = conid not in self._subscribed_conids
+        self._subscribed_conids.add(conid)
+        return first
+
+    # --- account ----------------------------------------------------------------------------------
+
+    def _check_account(self, account_id: str) -> None:
+        if account_id != self._account.account_id:
+            raise GatewayError(400, f"Account {account_id} is not a valid account for this session")
+
+    def cash(self, account_id: str | None = None) -> Decimal:
+        self._check_account(account_id or self.account_id)
+        return self._account.cash
+
+    def realized_pnl(self, account_id: str | None = None) -> Decimal:
+        self._check_account(account_id or self.account_id)
+        return self._account.realized_pnl
+
+    def positions(self, account_id: str | None = None) -> list[PositionView]:
+        """Open positions (non-zero quantity), marked to the last price."""
+        self._check_account(account_id or self.account_id)
+        views = []
+        for holding in self._account.holdings.values():
+            if holding.quantity == 0:
+                continue
+            price = self._sources[holding.instrument.symbol].bar.close
+            views.append(
+                PositionView(
+                    account_id=self._account.account_id,
+                    instrument=holding.instrument,
+                    quantity=holding.quantity,
+                    avg_cost=holding.avg_cost,
+                    market_price=price,
+                    market_value=cents(holding.quantity * price),
+                    unrealized_pnl=cents(holding.quantity * (price - holding.avg_cost)),
+                    realized_pnl=holding.realized_pnl,
+                )
+            )
+        return views
+
+    def position(self, symbol: str, account_id: str | None = None) -> Decimal:
+        """Shares held of `symbol` (0 when none; negative when short)."""
+        conid = self._instrument(symbol).conid
+        self._check_account(account_id or self.account_id)
+        holding = self._account.holdings.get(conid)
+        return holding.quantity if holding is not None else ZERO
+
+    def net_liquidation(self, account_id: str | None = None) -> Decimal:
+        return cents(self.cash(account_id) + sum((view.market_value for view in self.positions(account_id)), ZERO))
+
+    # --- orders -----------------------------------------------------------------------------------
+
+    @property
+    def orders(self) -> list[SimOrder]:
+        """Every order accepted this session, oldest first, with its current status."""
+        return list(self._orders.values())
+
+    @property
+    def executions(self) -> list[Execution]:
+        return list(self._executions)
+
+    def order(self, order_id: int | str) -> SimOrder:
+        try:
+            return self._orders[int(order_id)]
+        except (KeyError, ValueError) as exc:
+            raise GatewayError(400, f"OrderID {order_id} doesn't exist") from exc
+
+    def order_by_client_id(self, client_order_id: str) -> SimOrder | None:
+        return next((order for order in self._orders.values() if order.client_order_id == client_order_id), None)
+
+    def _parse(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderRequest:
+        self._check_account(account_id)
+        if len(tickets) != 1:
+            raise GatewayError(400, "Submit exactly one order per request (brackets are not simulated)")
+        return parse_order_ticket(dict(tickets[0]), self._by_conid)
+
+    def _check_client_order_id(self, request: OrderRequest) -> None:
+        if request.client_order_id is not None and request.client_order_id in self._registered_client_ids:
+            raise GatewayError(
+                400,
+                f"Order couldn't be submitted: Local order ID={request.client_order_id} is already registered.",
+            )
+
+    def submit_order(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderOutcome:
+        """POST /iserver/account/{acct}/orders: a confirmation question, or the accepted order."""
+        request = self._parse(account_id, tickets)
+        self._check_client_order_id(request)
+        return self._ask_or_accept(account_id, request, self.order_questions.get(request.order_type, ()))
+
+    def reply(self, reply_id: str, confirmed: bool) -> OrderOutcome:
+        """POST /iserver/reply/{reply_id}: answer a question; the next question, the order, or a decline."""
+        pending = self._questions.pop(reply_id, None)
+        if pending is None:
+            raise GatewayError(400, f"Reply ID {reply_id} is not valid or has already been answered")
+        if not confirmed:
+            return Declined(reply_id)
+        self._check_client_order_id(pending.request)
+        return self._ask_or_accept(pending.account_id, pending.request, pending.remaining_message_ids)
+
+    def _ask_or_accept(self, account_id: str, request: OrderRequest, message_ids: Sequence[str]) -> OrderOutcome:
+        if message_ids:
+            reply_id = str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
+            self._questions[reply_id] = _PendingQuestion(account_id, request, tuple(message_ids[1:]))
+            return Question(reply_id, message_ids[0], question_text(message_ids[0], request))
+        return Accepted(self._accept(account_id, request))
+
+    def _accept(self, account_id: str, request: OrderRequest) -> SimOrder:
+        now_ms = self.now_ms()
+        order = SimOrder(
+            order_id=self._next_order_id,
+            account_id=account_id,
+            instrument=request.instrument,
+            side=request.side,
+            quantity=request.quantity,
+            order_type=request.order_type,
+            limit_price=request.limit_price,
+            tif=request.tif,
+            outside_rth=request.outside_rth,
+            client_order_id=request.client_order_id,
+            status="PreSubmitted" if self.market_closed else "Submitted",
+            submitted_ms=now_ms,
+            last_update_ms=now_ms,
+        )
+        self._next_order_id += 1
+        self._orders[order.order_id] = order
+        if request.client_order_id is not None:
+            self._registered_client_ids.add(request.client_order_id)
+        self._try_fill(order)
+        if order.tif == "IOC" and order.is_working:
+            self._set_status(order, "Cancelled")
+        return order
+
+    def cancel_order(self, account_id: str, order_id: int | str) -> SimOrder:
+        """DELETE /iserver/account/{acct}/order/{id}: cancel a working order."""
+        self._check_account(account_id)
+        order = self.order(order_id)
+        if not order.is_working:
+            raise GatewayError(400, f"Order {order.order_id} is {order.status} and cannot be cancelled")
+        self._set_status(order, "Cancelled")
+        return order
+
+    def end_session(self) -> None:
+        """The trading day ends: DAY orders still working expire (IB reports them Cancelled)."""
+        for order in self._orders.values():
+            if order.is_working and order.tif == "DAY":
+                self._set_status(order, "Cancelled")
+
+    def preview(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderPreview:
+        """POST .../orders/whatif: what the order would cost now, without placing it."""
+        request = self._parse(account_id, tickets)
+        quote = self.quote(request.instrument.symbol)
+        market_side = quote.ask if request.side == "BUY" else quote.bid
+        price = request.limit_price if request.limit_price is not None else market_side
+        return OrderPreview(
+            request=request,
+            price=price,
+            amount=cents(request.quantity * price),
+            commission=self.commission.commission(request.quantity, price),
+            position_before=self.position(request.instrument.symbol, account_id),
+            equity_before=self.net_liquidation(account_id),
+        )
+
+    def _set_status(self, order: SimOrder, status: str) -> None:
+        order.status = status
+        order.last_update_ms = self.now_ms()
+
+    def _fill_price(self, order: SimOrder) -> Decimal | None:
+        quote = self.quote(order.symbol)
+        if quote.halted or quote.closed:
+            return None
+        if order.side == "BUY":
+            crossed = order.limit_price is None or quote.ask <= order.limit_price
+            return quote.ask if crossed else None
+        crossed = order.limit_price is None or quote.bid >= order.limit_price
+        return quote.bid if crossed else None
+
+    def _try_fill(self, order: SimOrder) -> None:
+        price = self._fill_price(order)
+        if price is None:
+            return
+        quantity = order.remaining_quantity
+        commission = self.commission.commission(quantity, price)
+        realized = self._account.apply_fill(order.instrument, order.side, quantity, price, commission)
+        now_ms = self.now_ms()
+        self._executions.append(
+            Execution(
+                execution_id=f"0000{len(self._executions) + 1:04x}.{order.order_id:08x}.01.01",
+                order_id=order.order_id,
+                account_id=order.account_id,
+                instrument=order.instrument,
+                side=order.side,
+                quantity=quantity,
+                price=price,
+                commission=commission,
+                realized_pnl=realized,
+                ts_ms=now_ms,
+                client_order_id=order.client_order_id,
+            )
+        )
+        order.filled_quantity = order.quantity
+        order.avg_fill_price = price
+        self._set_status(order, "Filled")
+
+    def _match_working_orders(self) -> None:
+        for order in list(self._orders.values()):
+            if order.is_working:
+                self._try_fill(order)
