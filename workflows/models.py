@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,8 +25,20 @@ class Recommendation(BaseModel):
     source: str = "offline"
 
 
+class OptionContract(BaseModel):
+    """One listed option. `expiry` is IB's YYYYMMDD; `conid` is the option's own contract id."""
+
+    underlying: str
+    expiry: str = Field(pattern=r"^\d{8}$")
+    strike: float = Field(gt=0)
+    right: Literal["C", "P"]
+    conid: int | None = None
+    multiplier: int = 100
+
+
 class OrderIntent(BaseModel):
-    """An order a workflow wants to place, before risk and approval. Prices in USD, quantity in shares."""
+    """An order a workflow wants to place, before risk and approval. Prices in USD per share (per option
+    share for options); quantity in shares or contracts. `symbol` is the stock, or the option's underlying."""
 
     workflow: str
     symbol: str
@@ -36,10 +48,15 @@ class OrderIntent(BaseModel):
     limit_price: float | None = Field(default=None, gt=0)
     reference_price: float = Field(gt=0, description="the quote the proposal was built on")
     outside_rth: bool = False
+    option: OptionContract | None = None
+
+    @property
+    def multiplier(self) -> int:
+        return self.option.multiplier if self.option else 1
 
     @property
     def notional_usd(self) -> float:
-        return self.quantity * (self.limit_price or self.reference_price)
+        return self.quantity * (self.limit_price or self.reference_price) * self.multiplier
 
 
 class RiskDenial(BaseModel):
@@ -67,3 +84,4 @@ class Proposal(BaseModel):
     account_id: str
     expires_at: datetime
     risk: RiskDecision
+    details: dict[str, Any] = Field(default_factory=dict, description="workflow-specific facts shown with it")

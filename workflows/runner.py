@@ -11,27 +11,23 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
 import anyio
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel
 
 from broker.errors import BrokerError
 from poller.events import TriggerEvent
 from workflows.deps import WorkflowDeps
-from workflows.graphs import price_alert
+from workflows.graphs import GRAPHS, GraphBuilder
 from workflows.models import OrderIntent, Proposal
 from workflows.store import Approval, MarketEvent, WorkflowRun, as_utc, utc_now
 
 log = logging.getLogger(__name__)
 
-GraphBuilder = Callable[[WorkflowDeps], StateGraph]
-DEFAULT_GRAPHS: dict[str, GraphBuilder] = {price_alert.WORKFLOW: price_alert.build}
 Decision = Literal["approve", "reject"]
 
 
@@ -59,6 +55,7 @@ class PendingApproval(BaseModel):
     mode: str
     account_id: str
     symbol: str
+    instrument: str
     side: str
     quantity: float
     order_type: str
@@ -68,6 +65,7 @@ class PendingApproval(BaseModel):
     rationale: str
     analyst: str
     expires_at: datetime
+    details: dict[str, Any] = {}
     how_to_answer: str
 
 
@@ -76,6 +74,13 @@ class DecisionResult(BaseModel):
     accepted: bool
     message: str
     run: RunView | None = None
+
+
+def _instrument(intent: OrderIntent) -> str:
+    option = intent.option
+    if option is None:
+        return intent.symbol
+    return f"{option.underlying} {option.expiry} {option.strike:g} {option.right} (x{option.multiplier})"
 
 
 def pending_view(approval: Approval) -> PendingApproval:
@@ -88,6 +93,7 @@ def pending_view(approval: Approval) -> PendingApproval:
         mode=proposal.mode,
         account_id=proposal.account_id,
         symbol=intent.symbol,
+        instrument=_instrument(intent),
         side=intent.side,
         quantity=intent.quantity,
         order_type=intent.order_type,
@@ -97,6 +103,7 @@ def pending_view(approval: Approval) -> PendingApproval:
         rationale=proposal.recommendation.rationale,
         analyst=proposal.recommendation.source,
         expires_at=as_utc(approval.expires_at),
+        details=proposal.details,
         how_to_answer=(
             f'call approve_trade(approval_id="{approval.approval_id}", decision="approve" or "reject") '
             f"before {as_utc(approval.expires_at):%H:%M:%S} UTC"
@@ -113,7 +120,7 @@ class WorkflowRunner:
     ) -> None:
         self.deps = deps
         self._graphs = {
-            name: build(deps).compile(checkpointer=checkpointer) for name, build in (graphs or DEFAULT_GRAPHS).items()
+            name: build(deps).compile(checkpointer=checkpointer) for name, build in (graphs or GRAPHS).items()
         }
         self._thread_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
 
@@ -305,6 +312,9 @@ class WorkflowRunner:
         return intent.model_copy(update=changes)
 
     async def _price_drift_pct(self, intent: OrderIntent) -> float | None:
+        """How far the stock moved since the proposal; None for options (their quote is not by symbol)."""
+        if intent.option is not None:
+            return None
         try:
             quote = (await self.deps.broker.quotes([intent.symbol]))[intent.symbol]
         except BrokerError as exc:

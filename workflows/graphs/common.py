@@ -1,0 +1,215 @@
+"""Nodes every trading graph shares: propose an order, wait for the human, place it once, record the run.
+
+A graph's state carries `workflow_id`, `account_id`, `intent` (an OrderIntent dump), `recommendation`,
+`risk`, and optionally `proposal_details`; these nodes add `approval_id`, `approval_round`, `decision`,
+`order`, `outcome` and `summary`. `interrupt()` re-runs its node from the top on resume, so the node that
+waits does nothing else, and every side effect lives in a node of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Literal, TypedDict
+
+from langgraph.types import interrupt
+
+from broker.models import OrderTicket
+from workflows.deps import WorkflowDeps
+from workflows.execution import client_order_id, place_once
+from workflows.models import OrderIntent, Proposal, Recommendation, RiskDecision
+from workflows.store import Approval, utc_now
+
+
+class TradeState(TypedDict, total=False):
+    """The keys the shared nodes read and write; each graph's state extends it."""
+
+    workflow_id: str
+    event: dict[str, Any]
+    account_id: str
+    symbol: str
+    price: float
+    recommendation: dict[str, Any]
+    intent: dict[str, Any] | None
+    risk: dict[str, Any]
+    proposal_details: dict[str, Any]
+    approval_id: str
+    approval_round: int
+    decision: dict[str, Any]
+    order: dict[str, Any]
+    outcome: str
+    summary: str
+
+
+State = TradeState
+Node = Callable[[Any], Awaitable[Any]]
+
+RUN_STATUS_BY_OUTCOME = {"filled": "completed", "submitted": "completed", "hold": "completed", "denied": "denied"}
+
+
+def make_check_risk(deps: WorkflowDeps, workflow: str) -> Node:
+    """Risk-check `state["intent"]`; no intent means the analyst said hold."""
+
+    async def check_risk(state: State) -> State:
+        if not state.get("intent"):
+            rationale = (state.get("recommendation") or {}).get("rationale", "")
+            return {"outcome": "hold", "summary": f"hold: {rationale}".rstrip(": ")}
+        intent = OrderIntent.model_validate(state["intent"])
+        decision = await deps.risk.check(intent, state["account_id"])
+        await deps.audit.append(
+            "risk_check",
+            workflow=workflow,
+            workflow_id=state["workflow_id"],
+            symbol=intent.symbol,
+            action=intent.side,
+            quantity=intent.quantity,
+            price=intent.reference_price,
+            allowed=decision.allowed,
+            denials=[d.model_dump() for d in decision.denials],
+        )
+        update: State = {"risk": decision.model_dump()}
+        if not decision.allowed:
+            update |= {"outcome": "denied", "summary": f"risk denied: {decision.summary}"}
+        return update
+
+    return check_risk
+
+
+def make_propose(deps: WorkflowDeps, workflow: str) -> Node:
+    """Store the approval request (once per round) and mark the run as waiting."""
+
+    async def propose(state: State) -> State:
+        approval_round = state.get("approval_round", 0) + 1
+        approval_id = f"{state['workflow_id']}-a{approval_round}"
+        intent = OrderIntent.model_validate(state["intent"])
+        proposal = Proposal(
+            approval_id=approval_id,
+            workflow_id=state["workflow_id"],
+            intent=intent,
+            recommendation=Recommendation.model_validate(state["recommendation"]),
+            mode=deps.trading.mode,
+            account_id=state["account_id"],
+            expires_at=utc_now() + timedelta(seconds=deps.trading.approval_ttl_s),
+            risk=RiskDecision.model_validate(state["risk"]),
+            details=state.get("proposal_details") or {},
+        )
+        _, created = await deps.store.add_approval(
+            Approval(
+                approval_id=approval_id,
+                workflow_id=state["workflow_id"],
+                proposal_json=proposal.model_dump_json(),
+                expires_at=proposal.expires_at,
+            )
+        )
+        if created:
+            await deps.audit.append(
+                "approval_requested",
+                workflow=workflow,
+                workflow_id=state["workflow_id"],
+                symbol=intent.symbol,
+                action=intent.side,
+                quantity=intent.quantity,
+                price=intent.reference_price,
+                approval_id=approval_id,
+                mode=deps.trading.mode,
+            )
+        await deps.store.update_run(state["workflow_id"], status="awaiting_approval")
+        return {"approval_id": approval_id, "approval_round": approval_round}
+
+    return propose
+
+
+async def await_approval(state: State) -> State:
+    """Pause until the runner resumes with the human's decision (approve / reject / expired / repropose)."""
+    decision = interrupt({"approval_id": state["approval_id"], "intent": state["intent"]})
+    return {"decision": dict(decision)}
+
+
+def ticket_for(state: State) -> OrderTicket:
+    """The order to send: the proposal as approved, with the quantity / limit the human may have lowered."""
+    intent = OrderIntent.model_validate(state["intent"])
+    decision = state.get("decision") or {}
+    limit_price = decision.get("limit_price") or intent.limit_price
+    return OrderTicket(
+        account_id=state["account_id"],
+        symbol=intent.symbol,
+        side=intent.side,
+        quantity=decision.get("quantity") or intent.quantity,
+        order_type="LMT" if limit_price else intent.order_type,
+        limit_price=limit_price,
+        outside_rth=intent.outside_rth,
+        client_order_id=client_order_id(state["approval_id"]),
+        conid=intent.option.conid if intent.option else None,
+    )
+
+
+def make_execute(deps: WorkflowDeps, workflow: str) -> Node:
+    async def execute(state: State) -> State:
+        ticket = ticket_for(state)
+        await deps.store.update_run(state["workflow_id"], status="running")
+        record = await place_once(
+            deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
+        )
+        await deps.audit.append(
+            "trade_executed" if record.status == "filled" else "order_submitted",
+            workflow=workflow,
+            workflow_id=state["workflow_id"],
+            symbol=record.symbol,
+            action=record.side,
+            quantity=record.filled_quantity or record.quantity,
+            price=record.avg_fill_price,
+            order_id=record.broker_order_id,
+            client_order_id=record.client_order_id,
+            claude_reasoning=(state.get("recommendation") or {}).get("rationale"),
+        )
+        fill = f" at ${record.avg_fill_price:,.2f}" if record.avg_fill_price else ""
+        return {
+            "order": record.model_dump(mode="json"),
+            "outcome": "filled" if record.status == "filled" else "submitted",
+            "summary": f"{record.side} {record.quantity:g} {record.symbol}: {record.status}{fill} "
+            f"(order {record.broker_order_id}, cOID {record.client_order_id})",
+        }
+
+    return execute
+
+
+def make_record(deps: WorkflowDeps, workflow: str, result_keys: tuple[str, ...] = ()) -> Node:
+    """Write the run's outcome, summary and result; the last node of every graph."""
+
+    async def record(state: State) -> State:
+        outcome = state.get("outcome", "hold")
+        decision = state.get("decision") or {}
+        summary = state.get("summary", outcome)
+        if decision and decision.get("decision") not in ("approve", None):
+            outcome = "rejected" if decision["decision"] == "reject" else str(decision["decision"])
+            summary = f"not executed: approval {decision['decision']} ({decision.get('note') or 'no note'})"
+        await deps.store.update_run(
+            state["workflow_id"],
+            status=RUN_STATUS_BY_OUTCOME.get(outcome, "rejected"),
+            summary=summary,
+            result={
+                "outcome": outcome,
+                "recommendation": state.get("recommendation"),
+                "risk": state.get("risk"),
+                "order": state.get("order"),
+                **{key: state.get(key) for key in result_keys},
+            },
+        )
+        await deps.audit.append(
+            "workflow_finished", workflow=workflow, workflow_id=state["workflow_id"], outcome=outcome
+        )
+        return {"outcome": outcome, "summary": summary}
+
+    return record
+
+
+def after_risk(state: State) -> Literal["propose", "record"]:
+    return "propose" if state.get("intent") and (state.get("risk") or {}).get("allowed") else "record"
+
+
+def after_approval(state: State) -> Literal["execute", "gather", "record"]:
+    """Approve executes; a price that drifted too far by approval time re-proposes from `gather`."""
+    decision = (state.get("decision") or {}).get("decision")
+    if decision == "approve":
+        return "execute"
+    return "gather" if decision == "repropose" else "record"
