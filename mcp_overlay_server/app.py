@@ -172,6 +172,7 @@ async def open_overlay(
         )
         try:
             await reconcile_ledger(broker, store)
+            await runner.resume_unfinished()
         except BrokerError as exc:
             log.warning("ledger not reconciled at start-up (IB_MCP unreachable?): %s", exc)
         async with anyio.create_task_group() as tasks:

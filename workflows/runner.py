@@ -202,6 +202,30 @@ class WorkflowRunner:
                 )
                 raise WorkflowError(f"workflow {workflow_id} failed: {message}") from exc
 
+    async def resume_unfinished(self) -> list[str]:
+        """After a crash: runs cut short continue from their last checkpoint up to their next stop (a node
+        that did not finish is re-run; the order ledger makes a re-run execute node find its order instead of
+        sending it again)."""
+        resumed: list[str] = []
+        runs = await self.deps.store.list_runs(limit=200, status="running")
+        runs += await self.deps.store.list_runs(limit=200, status="awaiting_approval")
+        for run in runs:
+            if run.workflow not in self._graphs:
+                continue
+            snapshot = await self._snapshot(run.workflow, run.workflow_id)
+            if not snapshot.next or snapshot.interrupts:
+                continue
+            try:
+                await self._advance(run.workflow, run.workflow_id, None)
+            except WorkflowError as exc:
+                log.warning("run %s could not be resumed: %s", run.workflow_id, exc)
+                continue
+            resumed.append(run.workflow_id)
+        return resumed
+
+    async def _snapshot(self, workflow: str, workflow_id: str) -> Any:
+        return await self._graphs[workflow].aget_state({"configurable": {"thread_id": workflow_id}})
+
     async def status(self, workflow_id: str) -> RunView:
         run = await self.deps.store.get_run(workflow_id)
         if run is None:
@@ -366,5 +390,17 @@ class WorkflowRunner:
         run = await self.deps.store.get_run(approval.workflow_id)
         if run is None:
             raise WorkflowError(f"approval {approval.approval_id} belongs to no known run")
+        snapshot = await self._snapshot(run.workflow, run.workflow_id)
+        if snapshot.next and not snapshot.interrupts:
+            # The approval row is written one step before the graph stops at its interrupt; a decision (or a
+            # restart) that lands in between first lets the graph reach the interrupt.
+            await self._advance(run.workflow, run.workflow_id, None)
+            snapshot = await self._snapshot(run.workflow, run.workflow_id)
+        waiting_for = {i.value.get("approval_id") for i in snapshot.interrupts if isinstance(i.value, dict)}
+        if approval.approval_id not in waiting_for:
+            raise WorkflowError(
+                f"run {run.workflow_id} is not waiting for approval {approval.approval_id} (waiting for "
+                f"{sorted(waiting_for) or 'nothing'}); nothing was done"
+            )
         await self._advance(run.workflow, run.workflow_id, Command(resume=resume))
         return await self.status(run.workflow_id)

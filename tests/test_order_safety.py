@@ -1,0 +1,194 @@
+"""One proposal can never become two orders: lost broker answers, crashes between "sent" and "recorded",
+concurrent approvals from two workers, and random fault sequences (hypothesis)."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker import ib_mcp_tools as ib
+from broker.client import BrokerClient
+from broker.errors import BrokerError
+from broker.models import OrderTicket
+from broker.sim.market import MarketSimulator
+from broker.sim.server import build_sim_server
+from mcp_overlay_server.app import Overlay, open_overlay
+from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
+from workflows.execution import place_once, reconcile_ledger
+from workflows.store import WorkflowStore, make_engine
+
+pytestmark = pytest.mark.anyio
+
+
+class SimulatedCrash(BaseException):
+    """Stands in for kill -9: nothing after it runs, nothing catches it."""
+
+
+@pytest.fixture
+def market() -> MarketSimulator:
+    return make_market()
+
+
+def open_worker(tmp_path: Path, market: MarketSimulator) -> Any:
+    return open_overlay(settings_for(tmp_path), poller_config=POLLER, target=build_sim_server(market), run_poller=False)
+
+
+@pytest.fixture
+async def overlay(tmp_path: Path, market: MarketSimulator) -> AsyncIterator[Overlay]:
+    async with open_worker(tmp_path, market) as opened:
+        yield opened
+
+
+async def pending_approval_id(overlay: Overlay) -> str:
+    with anyio.fail_after(10):
+        while True:
+            pending = await overlay.runner.pending()
+            if pending:
+                return pending[0].approval_id
+            await anyio.sleep(0.02)
+
+
+async def test_broker_accepts_but_its_answer_is_lost(overlay: Overlay, market: MarketSimulator) -> None:
+    await fire_aapl_trigger(overlay, market)
+    approval_id = await pending_approval_id(overlay)
+    market.faults.lose_next_order_answer()
+
+    result = await overlay.runner.decide(approval_id, "approve")
+
+    assert result.accepted and result.run is not None and result.run.status == "completed"
+    assert len(market.orders) == 1
+    [record] = await overlay.store.orders()
+    assert record.status == "filled" and record.broker_order_id == str(market.orders[0].order_id)
+
+
+async def test_broker_refusing_the_order_places_none_and_says_why(overlay: Overlay, market: MarketSimulator) -> None:
+    await fire_aapl_trigger(overlay, market)
+    approval_id = await pending_approval_id(overlay)
+    market.faults.fail_next(ib.PLACE_ORDER, status_code=503)
+
+    with pytest.raises(Exception, match="503"):
+        await overlay.runner.decide(approval_id, "approve")
+
+    assert market.orders == []
+    [record] = await overlay.store.orders()
+    assert record.status == "failed" and "503" in (record.error or "")
+    assert (await overlay.runner.status(record.workflow_id)).status == "failed"
+
+
+async def test_a_crash_between_sent_and_recorded_is_reconciled_at_restart(
+    tmp_path: Path, market: MarketSimulator
+) -> None:
+    async with open_worker(tmp_path, market) as first:
+        await fire_aapl_trigger(first, market)
+        approval_id = await pending_approval_id(first)
+        record_order = first.store.update_order
+
+        async def crash_once_sent(client_order_id: str, **changes: Any) -> None:
+            if changes.get("status") == "submitted":
+                raise SimulatedCrash
+            await record_order(client_order_id, **changes)
+
+        first.store.update_order = crash_once_sent  # type: ignore[method-assign]
+        with pytest.raises(SimulatedCrash):
+            await first.runner.decide(approval_id, "approve")
+        assert len(market.orders) == 1
+        [stuck] = await first.store.orders()
+        assert stuck.status == "sent"
+
+    async with open_worker(tmp_path, market) as second:
+        [record] = await second.store.orders()
+        run = await second.runner.status(record.workflow_id)
+
+    assert record.status == "filled" and record.broker_order_id == str(market.orders[0].order_id)
+    assert run.status == "completed"
+    assert len(market.orders) == 1
+
+
+async def test_two_workers_approving_at_once_place_one_order(tmp_path: Path, market: MarketSimulator) -> None:
+    async with open_worker(tmp_path, market) as one, open_worker(tmp_path, market) as two:
+        await fire_aapl_trigger(one, market)
+        approval_id = await pending_approval_id(one)
+        results = []
+
+        async def approve(worker: Overlay) -> None:
+            results.append(await worker.runner.decide(approval_id, "approve"))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(approve, one)
+            tasks.start_soon(approve, two)
+
+    assert sorted(r.accepted for r in results) == [False, True]
+    assert len(market.orders) == 1
+
+
+async def test_an_approval_survives_a_restart(tmp_path: Path, market: MarketSimulator) -> None:
+    async with open_worker(tmp_path, market) as first:
+        await fire_aapl_trigger(first, market)
+        approval_id = await pending_approval_id(first)
+    async with open_worker(tmp_path, market) as second:
+        result = await second.runner.decide(approval_id, "approve")
+    assert result.accepted and result.run is not None and result.run.status == "completed"
+    assert len(market.orders) == 1
+
+
+OPERATIONS = st.lists(
+    st.tuples(st.sampled_from(["place", "lose_answer", "refuse", "reconcile"]), st.integers(0, 3)), max_size=25
+)
+
+
+async def _replay(operations: list[tuple[str, int]], data_dir: Path) -> None:
+    market = MarketSimulator(["AAPL"], seed=1)
+    store = WorkflowStore(make_engine(f"sqlite+aiosqlite:///{data_dir / 'wf.db'}"))
+    await store.init()
+    sent_while_live: list[str] = []
+    async with BrokerClient(build_sim_server(market)) as broker:
+        real_call = broker.call
+
+        async def spying_call(tool: str, arguments: dict[str, Any] | None = None) -> Any:
+            if tool == ib.PLACE_ORDER:
+                coid = arguments["orders"][0]["cOID"] if arguments else ""
+                if market.order_by_client_id(coid) is not None:
+                    sent_while_live.append(coid)
+            return await real_call(tool, arguments)
+
+        broker.call = spying_call  # type: ignore[method-assign]
+        account = (await broker.accounts())[0].account_id
+        for operation, proposal in operations:
+            ticket = OrderTicket(
+                account_id=account, symbol="AAPL", side="BUY", quantity=1, client_order_id=f"ovl-p{proposal}"
+            )
+            if operation == "lose_answer":
+                market.faults.lose_next_order_answer()
+            elif operation == "refuse":
+                market.faults.fail_next(ib.PLACE_ORDER)
+            elif operation == "reconcile":
+                await reconcile_ledger(broker, store)
+            else:
+                with contextlib.suppress(BrokerError):
+                    await place_once(broker, store, ticket, workflow_id="w", approval_id=f"p{proposal}")
+        await reconcile_ledger(broker, store)
+        ledger = {o.client_order_id: o for o in await store.orders(limit=100)}
+    await store.close()
+
+    by_coid: dict[str, int] = {}
+    for order in market.orders:
+        by_coid[order.client_order_id] = by_coid.get(order.client_order_id, 0) + 1
+    assert all(count == 1 for count in by_coid.values()), by_coid
+    assert sent_while_live == []
+    for coid in by_coid:
+        assert ledger[coid].status in ("submitted", "filled")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=OPERATIONS)
+def test_random_faults_never_make_two_orders_for_one_proposal(operations: list[tuple[str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        anyio.run(_replay, operations, Path(folder))
