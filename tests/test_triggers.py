@@ -4,14 +4,10 @@ custom plugin triggers, and the trigger store across a restart."""
 from __future__ import annotations
 
 import csv
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 import talib
 from pydantic import ValidationError
@@ -341,20 +337,6 @@ async def test_store_round_trips_across_a_restart(tmp_path: Path) -> None:
         alert.model_copy(update={"enabled": False}),
         momentum.model_copy(update={"condition": "percent_change_5min > 2"}),
     ]
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway database on the local PostgreSQL server (trust auth, as CI starts it)."""
-    admin = os.environ.get("POLLER_TEST_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"poller_store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

@@ -37,14 +37,14 @@ def make_market() -> MarketSimulator:
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> OverlaySettings:
-    return OverlaySettings(
-        data_dir=tmp_path,
-        database_url=None,
-        market_calendar="always",
-        anthropic_api_key=None,
-        max_order_notional_usd=10_000,
-        **overrides,
-    )
+    options: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "database_url": None,
+        "market_calendar": "always",
+        "anthropic_api_key": None,
+        "max_order_notional_usd": 10_000,
+    }
+    return OverlaySettings(**(options | overrides))
 
 
 POLLER = PollerConfig(
