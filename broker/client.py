@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -15,6 +16,7 @@ from typing import Any, Self
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.server.mcpserver import MCPServer
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from broker import ib_mcp_tools as ib
 from broker.errors import (
@@ -22,9 +24,11 @@ from broker.errors import (
     BrokerUnavailable,
     OrderConfirmationRefused,
     OrderToolsMissing,
+    Throttled,
     UnknownSymbol,
 )
 from broker.models import Account, Order, OrderAck, OrderTicket, Position, Quote
+from broker.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +58,23 @@ class BrokerClient:
         reply_allow_list: Iterable[str] = ib.DEFAULT_REPLY_ALLOW_LIST,
         connect_timeout_s: float = 10.0,
         call_timeout_s: float = 30.0,
+        pacer: Pacer | None = None,
+        max_throttle_retries: int = 5,
     ) -> None:
         self.target = target
         self.reply_allow_list = frozenset(reply_allow_list)
         self.connect_timeout_s = connect_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.pacer = pacer
+        self.max_throttle_retries = max_throttle_retries
+        self.throttled_calls = 0
         self.last_error: str | None = None
         self._client: Client | None = None
         self._tools: frozenset[str] = frozenset()
         self._drop = anyio.Event()
         self._connect_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._live_orders: tuple[float, list[Order]] | None = None
         self._conids: dict[str, int] = {}
         self._symbols: dict[int, str] = {}
 
@@ -157,7 +167,22 @@ class BrokerClient:
         self._drop.set()
 
     async def call(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Call one IB_MCP tool and return its JSON payload; raise a typed error for any failure."""
+        """Call one IB_MCP tool and return its JSON payload; raise a typed error for any failure.
+        Calls wait for their turn under the pacer; a 429 from the gateway is retried with backoff."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Throttled),
+            wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+            stop=stop_after_attempt(self.max_throttle_retries),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call_once(tool, arguments)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _call_once(self, tool: str, arguments: dict[str, Any] | None) -> Any:
+        if self.pacer is not None:
+            await self.pacer.acquire(tool)
         client = await self._session()
         try:
             with anyio.fail_after(self.call_timeout_s):
@@ -174,6 +199,9 @@ class BrokerClient:
             raise BrokerError(f"IB_MCP tool {tool} failed: {text}")
         error = ib.gateway_error(payload)
         if error is not None:
+            if ib.is_throttled(payload):
+                self.throttled_calls += 1
+                raise Throttled(f"IB gateway throttled {tool}: {error}")
             raise BrokerError(f"IB gateway refused {tool}: {error}")
         return payload
 
@@ -270,10 +298,17 @@ class BrokerClient:
         symbol = symbol.upper()
         return next((p for p in await self.positions(account_id) if p.symbol == symbol), None)
 
-    async def live_orders(self) -> list[Order]:
+    async def live_orders(self, *, max_age_s: float = 0.0) -> list[Order]:
+        """Today's orders at the broker. IB allows one such call per 5 s: callers that can live with a
+        slightly old list (risk checks) pass `max_age_s` and share the last answer."""
+        now = time.monotonic()
+        if self._live_orders is not None and now - self._live_orders[0] <= max_age_s:
+            return self._live_orders[1]
         payload = await self.call(ib.LIVE_ORDERS, {})
         rows = payload.get("orders", []) if isinstance(payload, dict) else ib.unwrap_list(payload)
-        return [self._order_from_row(row) for row in rows or []]
+        orders = [self._order_from_row(row) for row in rows or []]
+        self._live_orders = (time.monotonic(), orders)
+        return orders
 
     async def find_order(self, client_order_id: str) -> Order | None:
         """The broker's order carrying this cOID, if IB has one (live orders include today's filled ones)."""

@@ -9,6 +9,10 @@ class BrokerUnavailable(BrokerError):
     """IB_MCP could not be reached or did not answer in time."""
 
 
+class Throttled(BrokerError):
+    """The gateway answered 429 / "too many requests"; retried with backoff before this reaches a caller."""
+
+
 class OrderToolsMissing(BrokerError):
     """IB_MCP runs without its Orders tools (its default .env excludes the tag)."""
 

@@ -86,6 +86,14 @@ def gateway_error(payload: Any) -> str | None:
     return None
 
 
+def is_throttled(payload: Any) -> bool:
+    """IB's pacing refusal: HTTP 429, or "too many requests" in the error text."""
+    if not isinstance(payload, dict):
+        return False
+    text = f"{payload.get('error', '')} {payload.get('detail', '')}".lower()
+    return payload.get("status_code") == 429 or "too many requests" in text
+
+
 def parse_ib_number(value: Any) -> float | None:
     """IB's string forms: '190.12', 'C190.12' (prior close), 'H190.12' (halted), '1.2K', '3.4M', ''."""
     if value is None:

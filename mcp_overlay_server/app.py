@@ -13,6 +13,7 @@ from workflows.audit import AuditLog
 
 from broker.client import BrokerClient, BrokerTarget
 from broker.errors import BrokerError
+from broker.pacing import LocalPacer, Pacer, RedisPacer
 from mcp_overlay_server.settings import OverlaySettings
 from poller.bus import EventBus, InProcessBus
 from poller.config import PollerConfig
@@ -41,6 +42,22 @@ def broker_target(settings: OverlaySettings) -> BrokerTarget:
         command, *args = settings.ib_mcp_command.split()
         return StdioServerParameters(command=command, args=args)
     return settings.ib_mcp_url
+
+
+@asynccontextmanager
+async def open_pacer(settings: OverlaySettings) -> AsyncIterator[Pacer | None]:
+    if settings.ib_pacing == "off":
+        yield None
+    elif settings.ib_pacing == "local":
+        yield LocalPacer()
+    else:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            yield RedisPacer(client)
+        finally:
+            await client.aclose()
 
 
 @dataclass
@@ -105,6 +122,7 @@ async def open_overlay(
         broker = await stack.enter_async_context(
             BrokerClient(
                 target or broker_target(settings),
+                pacer=await stack.enter_async_context(open_pacer(settings)),
                 **({"reply_allow_list": settings.ib_reply_allow_list} if settings.ib_reply_allow_list else {}),
             )
         )

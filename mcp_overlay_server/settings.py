@@ -31,6 +31,13 @@ class OverlaySettings(BaseSettings):
         default_factory=list, validation_alias=AliasChoices("IB_REPLY_ALLOW_LIST")
     )
 
+    ib_pacing: Literal["local", "redis", "off"] = Field(
+        default="local",
+        validation_alias=AliasChoices("IB_PACING"),
+        description="keep to IB's Web API pacing limits in this process, across workers via REDIS_URL, or not",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
+
     data_dir: Path = Field(default=Path("data"), validation_alias=AliasChoices("OVERLAY_DATA_DIR", "DATA_DIR"))
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
     poller_config: Path | None = Field(default=None, validation_alias=AliasChoices("POLLER_CONFIG"))

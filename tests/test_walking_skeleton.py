@@ -43,6 +43,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> OverlaySettings:
         "market_calendar": "always",
         "anthropic_api_key": None,
         "max_order_notional_usd": 10_000,
+        "ib_pacing": "off",
     }
     return OverlaySettings(**(options | overrides))
 

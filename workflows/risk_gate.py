@@ -25,6 +25,8 @@ from workflows.risk import (
 from workflows.store import WorkflowStore, as_utc, utc_now
 
 LIMITS_KEY = "risk_limits"
+# IB paces the live-orders call at one per 5 s; our own ledger counts orders we just sent in any case.
+LIVE_ORDERS_MAX_AGE_S = 5.0
 STATE_KEY = "trading_state"
 PriceHistory = Callable[[str], Sequence[PricePoint]]
 
@@ -72,7 +74,7 @@ class BrokerRiskGate:
         now = utc_now()
         summary = await self.broker.account_summary(account_id)
         positions = await self.broker.positions(account_id)
-        working = [o for o in await self.broker.live_orders() if o.is_working]
+        working = [o for o in await self.broker.live_orders(max_age_s=LIVE_ORDERS_MAX_AGE_S) if o.is_working]
         ledger = await self.store.orders(limit=200)
         hour_ago = now - timedelta(hours=1)
         status = self.clock.status(now)
