@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import anyio
 
-from poller.bus import EventBus
-from poller.events import TriggerEvent
+from poller.bus import EventPublisher
+from poller.events import Tick, TriggerEvent
+from poller.price_cache import PriceCache
 from poller.sources import QuoteSource
 from poller.triggers import TriggerEngine
 
@@ -26,6 +27,10 @@ class PollerStats:
     ticks: int = 0
     events: int = 0
     failed_polls: int = 0
+    # Scheduled polls that did not happen: the failed ones, those slept through while backing off after a
+    # failure, and those skipped after an overrun.
+    missed_polls: int = 0
+    price_cache_failures: int = 0
     overruns: int = 0
     skipped_cycles: int = 0
     last_poll_at: datetime | None = None
@@ -40,14 +45,16 @@ class Poller:
         self,
         source: QuoteSource,
         engine: TriggerEngine,
-        bus: EventBus,
+        bus: EventPublisher,
         *,
         interval_s: float,
         symbols: Iterable[str] = (),
+        price_cache: PriceCache | None = None,
     ) -> None:
         self.source = source
         self.engine = engine
         self.bus = bus
+        self.price_cache = price_cache
         self.interval_s = interval_s
         self.extra_symbols = {s.upper() for s in symbols}
         self.stats = PollerStats()
@@ -64,6 +71,8 @@ class Poller:
             return []
         started = time.perf_counter()
         ticks = await self.source.poll(symbols)
+        if self.price_cache is not None and ticks:
+            await self._remember(self.price_cache, ticks)
         events: list[TriggerEvent] = []
         for tick in ticks:
             events.extend(self.engine.on_tick(tick))
@@ -85,6 +94,14 @@ class Poller:
         self.stats.last_poll_ms = (time.perf_counter() - started) * 1000
         return events
 
+    async def _remember(self, cache: PriceCache, ticks: list[Tick]) -> None:
+        """Ticks into the price cache; a cache failure is logged and counted, never allowed to stop triggers."""
+        try:
+            await cache.append(ticks)
+        except Exception as exc:
+            self.stats.price_cache_failures += 1
+            log.warning("price cache append failed: %s: %s", type(exc).__name__, exc)
+
     async def run(self) -> None:
         """Poll until cancelled. A failing source is retried with exponential backoff; an overrun cycle
         makes the loop skip to the next interval boundary instead of piling up."""
@@ -101,6 +118,7 @@ class Poller:
                     self.stats.consecutive_failures += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     backoff_s = min(MAX_BACKOFF_S, self.interval_s * 2 ** min(self.stats.consecutive_failures, 10))
+                    self.stats.missed_polls += max(1, int(backoff_s // self.interval_s))
                     log.warning("poll failed (%s); retrying in %.1f s", self.stats.last_error, backoff_s)
                     await anyio.sleep(backoff_s)
                     next_at = time.monotonic()
@@ -111,6 +129,7 @@ class Poller:
                     missed = int((now - next_at) // self.interval_s) + 1
                     self.stats.overruns += 1
                     self.stats.skipped_cycles += missed
+                    self.stats.missed_polls += missed
                     log.warning(
                         "poll cycle overran the %.2f s interval; skipping %d cycle(s)",
                         self.interval_s,
