@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 
 import anyio
 from mcp import StdioServerParameters
@@ -17,6 +18,8 @@ from broker.pacing import LocalPacer, Pacer, RedisPacer
 from mcp_overlay_server.settings import OverlaySettings
 from poller.bus import EventBus, InProcessBus
 from poller.config import PollerConfig
+from poller.price_cache import PriceCache, build_price_cache
+from poller.redis_bus import RedisStreamBus
 from poller.service import Poller
 from poller.sources import IBMCPSource
 from poller.trigger_store import TriggerStore
@@ -26,8 +29,8 @@ from workflows.checkpoint import open_checkpointer
 from workflows.deps import TradingSettings, WorkflowDeps
 from workflows.execution import reconcile_ledger
 from workflows.market_hours import market_clock
-from workflows.risk import RiskEngine, RiskLimits
-from workflows.risk_gate import BrokerRiskGate
+from workflows.risk import PricePoint, RiskEngine, RiskLimits
+from workflows.risk_gate import BrokerRiskGate, PriceHistory
 from workflows.runner import WorkflowError, WorkflowRunner
 from workflows.store import WorkflowStore, make_engine
 from workflows.usage import UsageLedger
@@ -35,6 +38,7 @@ from workflows.usage import UsageLedger
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 5.0
+EVENT_HANDLING_BOUND_S = 60.0
 
 
 def broker_target(settings: OverlaySettings) -> BrokerTarget:
@@ -58,6 +62,25 @@ async def open_pacer(settings: OverlaySettings) -> AsyncIterator[Pacer | None]:
             yield RedisPacer(client)
         finally:
             await client.aclose()
+
+
+def open_event_bus(settings: OverlaySettings) -> EventBus:
+    if settings.event_bus == "redis":
+        return RedisStreamBus(settings.redis_url, consumer=settings.worker_name)
+    return InProcessBus()
+
+
+CIRCUIT_BREAKER_HISTORY_POINTS = 600
+
+
+def price_history_from(cache: PriceCache) -> PriceHistory:
+    """The circuit breaker's view of recent prices, read from the poller's price cache."""
+
+    async def recent(symbol: str) -> list[PricePoint]:
+        points = await cache.recent(symbol, CIRCUIT_BREAKER_HISTORY_POINTS)
+        return [PricePoint(ts=ts if ts.tzinfo else ts.replace(tzinfo=UTC), price_usd=price) for ts, price in points]
+
+    return recent
 
 
 @dataclass
@@ -93,12 +116,15 @@ class Overlay:
         return changed
 
     async def consume_events(self) -> None:
+        """Hand each event to the runner; ack once the run is recorded. Shutting down stops the intake but
+        lets the event in hand finish (bounded), so a run is never cut between two of its steps by us."""
         async for delivery in self.bus.deliveries():
-            try:
-                await self.runner.handle_event(delivery.event)
-            except Exception:  # one bad event must not stop the consumer
-                log.exception("event %s could not be handled", delivery.event.event_id)
-            await delivery.ack()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(EVENT_HANDLING_BOUND_S):
+                try:
+                    await self.runner.handle_event(delivery.event)
+                except Exception:  # one bad event must not stop the consumer
+                    log.exception("event %s could not be handled", delivery.event.event_id)
+                await delivery.ack()
 
     async def sweep_approvals(self) -> None:
         while True:
@@ -167,13 +193,21 @@ async def open_overlay(
         triggers = TriggerEngine(config_triggers)
         for spec in await trigger_store.load():
             triggers.add(spec)
-        bus = InProcessBus()
+        bus = open_event_bus(settings)
+        stack.push_async_callback(bus.aclose)
+        price_cache = build_price_cache(
+            redis_url=settings.redis_url if settings.event_bus == "redis" else None,
+            sqlite_path=settings.price_cache_path,
+        )
+        stack.push_async_callback(price_cache.aclose)
+        risk.price_history = price_history_from(price_cache)
         poller = Poller(
             IBMCPSource(broker),
             triggers,
             bus,
             interval_s=poller_config.interval_seconds if poller_config else 2.0,
             symbols=poller_config.symbols if poller_config else (),
+            price_cache=price_cache,
         )
         overlay = Overlay(
             settings=settings,
@@ -196,7 +230,7 @@ async def open_overlay(
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(overlay.consume_events)
             tasks.start_soon(overlay.sweep_approvals)
-            if run_poller:
+            if run_poller and settings.runs_embedded_poller:
                 tasks.start_soon(poller.run)
             try:
                 yield overlay

@@ -37,6 +37,18 @@ class OverlaySettings(BaseSettings):
         description="keep to IB's Web API pacing limits in this process, across workers via REDIS_URL, or not",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
+    event_bus: Literal["memory", "redis"] = Field(
+        default="memory",
+        validation_alias=AliasChoices("EVENT_BUS"),
+        description="memory: one process; redis: any number of workers share trigger events (consumer group)",
+    )
+    worker_name: str | None = Field(default=None, validation_alias=AliasChoices("WORKER_NAME"))
+    embedded_poller: bool | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDDED_POLLER"),
+        description="poll inside this process; default: yes with EVENT_BUS=memory, no with redis (run "
+        "`ib-overlay poller` once instead, so N workers do not fire every trigger N times)",
+    )
 
     data_dir: Path = Field(default=Path("data"), validation_alias=AliasChoices("OVERLAY_DATA_DIR", "DATA_DIR"))
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
@@ -86,6 +98,14 @@ class OverlaySettings(BaseSettings):
     @property
     def triggers_db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'poller' / 'triggers.db'}"
+
+    @property
+    def runs_embedded_poller(self) -> bool:
+        return self.event_bus == "memory" if self.embedded_poller is None else self.embedded_poller
+
+    @property
+    def price_cache_path(self) -> Path:
+        return self.data_dir / "poller" / "price_cache.db"
 
     @property
     def token_file(self) -> Path:

@@ -5,7 +5,7 @@ Limits and the trading state are persisted as preferences, so a kill switch surv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -28,10 +28,10 @@ LIMITS_KEY = "risk_limits"
 # IB paces the live-orders call at one per 5 s; our own ledger counts orders we just sent in any case.
 LIVE_ORDERS_MAX_AGE_S = 5.0
 STATE_KEY = "trading_state"
-PriceHistory = Callable[[str], Sequence[PricePoint]]
+PriceHistory = Callable[[str], Awaitable[Sequence[PricePoint]]]
 
 
-def _no_history(_: str) -> Sequence[PricePoint]:
+async def _no_history(_: str) -> Sequence[PricePoint]:
     return ()
 
 
@@ -94,7 +94,7 @@ class BrokerRiskGate:
                 for o in ledger
                 if o.status not in ("intent", "failed") and as_utc(o.created_at) > hour_ago
             ],
-            recent_prices={s: list(self.price_history(s)) for s in symbols},
+            recent_prices={s: list(await self.price_history(s)) for s in symbols},
             market_open=status.regular_open,
             extended_hours=status.extended_open,
             working_orders=[
@@ -110,7 +110,8 @@ class BrokerRiskGate:
 
     async def check(self, intent: OrderIntent, account_id: str) -> RiskDecision:
         ctx = await self.context(account_id)
-        ctx.recent_prices.setdefault(intent.symbol, list(self.price_history(intent.symbol)))
+        if intent.symbol not in ctx.recent_prices:
+            ctx.recent_prices[intent.symbol] = list(await self.price_history(intent.symbol))
         return self.engine.check(intent, ctx)
 
     def describe(self) -> dict[str, Any]:
