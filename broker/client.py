@@ -6,6 +6,7 @@ so any task may call the client, and a dropped connection is re-opened by the ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -75,6 +76,7 @@ class BrokerClient:
         self._connect_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._live_orders: tuple[float, list[Order]] | None = None
+        self._accounts: list[Account] | None = None
         self._conids: dict[str, int] = {}
         self._symbols: dict[int, str] = {}
 
@@ -250,11 +252,15 @@ class BrokerClient:
         return quotes
 
     async def accounts(self) -> list[Account]:
-        payload = await self.call(ib.ACCOUNTS)
-        return [
-            Account(account_id=str(row.get("accountId") or row.get("id")), currency=row.get("currency") or "USD")
-            for row in ib.unwrap_list(payload)
-        ]
+        """The user's accounts; asked once per session (IB paces the call at one per 5 s, and they do not
+        change while the gateway session lives)."""
+        if self._accounts is None:
+            payload = await self.call(ib.ACCOUNTS)
+            self._accounts = [
+                Account(account_id=str(row.get("accountId") or row.get("id")), currency=row.get("currency") or "USD")
+                for row in ib.unwrap_list(payload)
+            ]
+        return list(self._accounts)
 
     async def account_summary(self, account_id: str) -> Account:
         payload = await self.call(ib.ACCOUNT_SUMMARY, {"accountId": account_id})
@@ -276,8 +282,9 @@ class BrokerClient:
             for row in rows:
                 conid = int(row["conid"])
                 symbol = str(row.get("ticker") or row.get("contractDesc") or conid).upper()
-                self._conids.setdefault(symbol, conid)
-                self._symbols.setdefault(conid, symbol)
+                if str(row.get("assetClass") or "STK") == "STK":
+                    self._conids.setdefault(symbol, conid)
+                    self._symbols.setdefault(conid, symbol)
                 positions.append(
                     Position(
                         account_id=str(row.get("acctId") or account_id),
@@ -295,8 +302,11 @@ class BrokerClient:
         return positions
 
     async def position(self, account_id: str, symbol: str) -> Position | None:
+        """The stock position in `symbol` (option positions on it carry the same ticker; they are skipped)."""
         symbol = symbol.upper()
-        return next((p for p in await self.positions(account_id) if p.symbol == symbol), None)
+        return next(
+            (p for p in await self.positions(account_id) if p.symbol == symbol and p.asset_class == "STK"), None
+        )
 
     async def live_orders(self, *, max_age_s: float = 0.0) -> list[Order]:
         """Today's orders at the broker. IB allows one such call per 5 s: callers that can live with a
@@ -370,7 +380,8 @@ class BrokerClient:
             message_ids = [str(m) for m in question.get("messageIds") or []]
             text = " ".join(str(m) for m in question.get("message") or [])
             if not message_ids or not set(message_ids) <= self.reply_allow_list:
-                await self.call(ib.REPLY, {"replyId": str(question["id"]), "confirmed": False})
+                with contextlib.suppress(BrokerError):  # declining is answered with an error object
+                    await self.call(ib.REPLY, {"replyId": str(question["id"]), "confirmed": False})
                 raise OrderConfirmationRefused(message_ids, text)
             answered.extend(message_ids)
             payload = await self.call(ib.REPLY, {"replyId": str(question["id"]), "confirmed": True})

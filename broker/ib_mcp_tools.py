@@ -146,3 +146,10 @@ def order_payload(
     if limit_price is not None:
         order["price"] = limit_price
     return order
+
+
+# Option chains (IB_MCP's "Contract" and "Options Chains" tags). The chains tool calls /trsrv/secdef/chains,
+# which the Client Portal gateway does not serve (404); chains are read with search -> strikes -> secdef info.
+OPTION_CHAINS = "get_options_chains_trsrv_secdef_chains_get"
+OPTION_STRIKES = "get_strikes_iserver_secdef_strikes_get"
+SECDEF_INFO = "get_secdef_info_iserver_secdef_info_get"

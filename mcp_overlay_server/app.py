@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
+from functools import partial
 
 import anyio
 from mcp import StdioServerParameters
@@ -28,10 +29,14 @@ from workflows.analyst import build_analyst
 from workflows.checkpoint import open_checkpointer
 from workflows.deps import TradingSettings, WorkflowDeps
 from workflows.execution import reconcile_ledger
+from workflows.graphs import GRAPHS, market_scan, vwap_order
+from workflows.graphs.position_monitor import monitor_positions
 from workflows.market_hours import market_clock
 from workflows.risk import PricePoint, RiskEngine, RiskLimits
 from workflows.risk_gate import BrokerRiskGate, PriceHistory
 from workflows.runner import WorkflowError, WorkflowRunner
+from workflows.scan_analyst import build_desk
+from workflows.scheduler import ScanScheduler
 from workflows.store import WorkflowStore, make_engine
 from workflows.usage import UsageLedger
 
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 5.0
 EVENT_HANDLING_BOUND_S = 60.0
+POSITION_CHECK_INTERVAL_S = 30.0
 
 
 def broker_target(settings: OverlaySettings) -> BrokerTarget:
@@ -66,7 +72,12 @@ async def open_pacer(settings: OverlaySettings) -> AsyncIterator[Pacer | None]:
 
 def open_event_bus(settings: OverlaySettings) -> EventBus:
     if settings.event_bus == "redis":
-        return RedisStreamBus(settings.redis_url, consumer=settings.worker_name)
+        return RedisStreamBus(
+            settings.redis_url,
+            stream_prefix=settings.event_stream_prefix,
+            consumer=settings.worker_name,
+            claim_idle_ms=settings.event_claim_idle_ms,
+        )
     return InProcessBus()
 
 
@@ -121,10 +132,19 @@ class Overlay:
         async for delivery in self.bus.deliveries():
             with anyio.CancelScope(shield=True), anyio.move_on_after(EVENT_HANDLING_BOUND_S):
                 try:
-                    await self.runner.handle_event(delivery.event)
+                    await self.runner.handle_event(delivery.event, redelivered=delivery.redelivered)
                 except Exception:  # one bad event must not stop the consumer
                     log.exception("event %s could not be handled", delivery.event.event_id)
                 await delivery.ack()
+
+    async def watch_positions(self) -> None:
+        """Every POSITION_CHECK_INTERVAL_S: propose exits for positions whose remembered criteria are met."""
+        while True:
+            await anyio.sleep(POSITION_CHECK_INTERVAL_S)
+            try:
+                await monitor_positions(self.runner)
+            except (BrokerError, WorkflowError) as exc:
+                log.warning("position check: %s", exc)
 
     async def sweep_approvals(self) -> None:
         while True:
@@ -186,7 +206,15 @@ async def open_overlay(
         await risk.load(store)
         checkpointer = await stack.enter_async_context(open_checkpointer(settings.checkpoint_url))
         deps = WorkflowDeps(broker=broker, store=store, analyst=analyst, risk=risk, audit=audit, trading=trading)
-        runner = WorkflowRunner(deps, checkpointer)
+        ranker, request_parser = build_desk(
+            api_key, usage, model=settings.claude_model, daily_budget_usd=settings.claude_daily_budget_usd
+        )
+        graphs = {
+            **GRAPHS,
+            market_scan.WORKFLOW: partial(market_scan.build, ranker=ranker),
+            vwap_order.WORKFLOW: partial(vwap_order.build, parser=request_parser),
+        }
+        runner = WorkflowRunner(deps, checkpointer, graphs, worker_name=settings.worker_name)
 
         trigger_store = TriggerStore(settings.triggers_db_url)
         config_triggers = poller_config.triggers if poller_config else []
@@ -232,6 +260,15 @@ async def open_overlay(
             tasks.start_soon(overlay.sweep_approvals)
             if run_poller and settings.runs_embedded_poller:
                 tasks.start_soon(poller.run)
+            if settings.scan_cron:
+                scheduler = ScanScheduler(
+                    runner,
+                    market_clock(settings.market_calendar),
+                    cron=settings.scan_cron,
+                    fallback_symbols=lambda: poller.symbols,
+                )
+                tasks.start_soon(scheduler.run_forever)
+            tasks.start_soon(overlay.watch_positions)
             try:
                 yield overlay
             finally:

@@ -1,9 +1,9 @@
-"""`ib-overlay`: serve the overlay, or run the self-contained demo."""
+"""`ib-overlay`: serve the overlay, run the demo, check the set-up, verify the audit log, run the poller."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import runpy
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -11,18 +11,24 @@ from pathlib import Path
 
 import anyio
 
+from mcp_overlay_server.logging_setup import configure_logging
 from mcp_overlay_server.settings import OverlaySettings
 from poller.config import ConfigError, PollerConfig, load_config
 
-log = logging.getLogger("ib_overlay")
-
 
 def _parser() -> argparse.ArgumentParser:
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument("-v", "--verbose", action="store_true", help="debug logging (on stderr)")
+    logging_options.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="stderr log format (the log file is JSON)"
+    )
     parser = argparse.ArgumentParser(prog="ib-overlay", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (on stderr)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the overlay MCP server (stdio for Claude Desktop by default)")
+    def command(name: str, **options: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[logging_options], **options)
+
+    serve = command("serve", help="run the overlay MCP server (stdio for Claude Desktop by default)")
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     serve.add_argument("--host", help="HTTP bind address (default OVERLAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default OVERLAY_PORT or 8765; 0 = any free port)")
@@ -34,9 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-poller", action="store_true", help="do not poll prices (tools only)")
 
-    demo = commands.add_parser(
-        "demo", help="simulated IB_MCP + overlay + poller over HTTP: a trigger fires, you approve, it fills"
-    )
+    demo = command("demo", help="simulated IB_MCP + overlay + poller over HTTP: a trigger fires, you approve, it fills")
     demo.add_argument("--port", type=int, default=8765, help="overlay HTTP port (0 = any free port)")
     demo.add_argument("--sim-port", type=int, default=5102, help="simulated IB_MCP HTTP port (0 = any free port)")
     demo.add_argument(
@@ -45,29 +49,29 @@ def _parser() -> argparse.ArgumentParser:
         help="approve the first proposal through a real MCP client, print the fill, and exit",
     )
     demo.add_argument("--data-dir", type=Path, help="where the demo keeps its databases (default: a fresh temp dir)")
+
+    doctor = command("doctor", help="check IB_MCP, its order tools, paper/live, data dir, Redis, Postgres")
+    doctor.add_argument("--demo", action="store_true", help="check against the in-process simulated IB_MCP")
+
+    audit = command("audit", help="the tamper-evident audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the audit log's hash chain; exit 1 if it was altered")
+    export = audit_commands.add_parser("export", help="write the audit log as JSON lines")
+    export.add_argument("file", type=Path, help="where to write (JSON lines)")
+
+    subparsers.add_parser("poller", help="run the poller as its own process (the same as `python -m poller`)")
     return parser
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access", "aiosqlite"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _poller_config(path: Path | None) -> PollerConfig | None:
     return load_config(path) if path else None
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
     from mcp_overlay_server.app import open_overlay
     from mcp_overlay_server.http import build_http_app, load_or_create_token, serve_http
     from mcp_overlay_server.server import build_server
 
-    settings = OverlaySettings()
     config = _poller_config(args.config or settings.poller_config)
     async with AsyncExitStack() as stack:
         target = None
@@ -105,13 +109,66 @@ async def _demo(args: argparse.Namespace) -> int:
     )
 
 
+async def _doctor(args: argparse.Namespace, settings: OverlaySettings) -> int:
+    from mcp_overlay_server.app import broker_target
+    from mcp_overlay_server.doctor import exit_code, render_table, run_checks
+
+    if args.demo:
+        from mcp_overlay_server.demo import demo_market, demo_sim_server
+
+        target = demo_sim_server(demo_market())
+    else:
+        target = broker_target(settings)
+    checks = await run_checks(settings, target)
+    print(render_table(checks), flush=True)
+    return exit_code(checks)
+
+
+async def _audit(args: argparse.Namespace, settings: OverlaySettings) -> int:
+    from workflows import audit as audit_module
+    from workflows.store import make_engine
+
+    engine = make_engine(settings.workflows_db_url)
+    try:
+        audit = audit_module.AuditLog(engine)
+        await audit.init()
+        if args.audit_command == "verify":
+            outcome = await audit.verify()
+            print(outcome, flush=True)
+            return 0 if getattr(outcome, "ok", outcome) else 1
+        written = await audit.export_jsonl(args.file)
+        print(f"audit log written to {args.file} ({written} entries)", flush=True)
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def _run_poller(argv: Sequence[str]) -> int:
+    sys.argv = ["python -m poller", *argv]
+    try:
+        runpy.run_module("poller", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["poller"]:
+        # everything after `poller` is the poller's own command line
+        return _run_poller(argv[1:])
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    settings = OverlaySettings()
+    log_dir = None if args.command == "demo" else settings.data_dir / "logs"
+    configure_logging("overlay", log_dir=log_dir, verbose=args.verbose, json_stderr=args.log_format == "json")
     try:
         if args.command == "serve":
-            anyio.run(_serve, args)
+            anyio.run(_serve, args, settings)
             return 0
+        if args.command == "doctor":
+            return anyio.run(_doctor, args, settings)
+        if args.command == "audit":
+            return anyio.run(_audit, args, settings)
         return anyio.run(_demo, args)
     except ConfigError as exc:
         print(f"ib-overlay: {exc}", file=sys.stderr)

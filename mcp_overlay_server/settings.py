@@ -42,6 +42,13 @@ class OverlaySettings(BaseSettings):
         validation_alias=AliasChoices("EVENT_BUS"),
         description="memory: one process; redis: any number of workers share trigger events (consumer group)",
     )
+    event_stream_prefix: str = Field(default="overlay:events", validation_alias=AliasChoices("EVENT_STREAM_PREFIX"))
+    event_claim_idle_ms: int = Field(
+        default=30_000,
+        ge=100,
+        validation_alias=AliasChoices("EVENT_CLAIM_IDLE_MS"),
+        description="an event a worker took but did not finish within this long is handed to another worker",
+    )
     worker_name: str | None = Field(default=None, validation_alias=AliasChoices("WORKER_NAME"))
     embedded_poller: bool | None = Field(
         default=None,
@@ -72,9 +79,20 @@ class OverlaySettings(BaseSettings):
         description="exchange_calendars code for market hours, or 'always' (simulator, replays)",
     )
 
+    scan_cron: str | None = Field(
+        default="0 9 * * *",
+        validation_alias=AliasChoices("SCAN_CRON"),
+        description="when market_scan runs (crontab, America/New_York, exchange trading days only); empty = never",
+    )
+
     http_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("OVERLAY_HOST"))
     http_port: int = Field(default=8765, ge=0, le=65535, validation_alias=AliasChoices("OVERLAY_PORT"))
     http_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OVERLAY_TOKEN"))
+
+    @field_validator("scan_cron", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("ib_account_ids", "ib_reply_allow_list", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from broker.sim.server import build_sim_server
 from mcp_overlay_server.app import Overlay, open_overlay
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
 from workflows.execution import place_once, reconcile_ledger
+from workflows.runner import WorkflowError
 from workflows.store import WorkflowStore, make_engine
 
 pytestmark = pytest.mark.anyio
@@ -192,3 +193,53 @@ async def _replay(operations: list[tuple[str, int]], data_dir: Path) -> None:
 def test_random_faults_never_make_two_orders_for_one_proposal(operations: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         anyio.run(_replay, operations, Path(folder))
+
+
+async def test_an_unexpected_confirmation_question_stops_the_order(tmp_path: Path) -> None:
+    market = make_market()
+    market.order_questions = {"MKT": ("o383",)}
+    async with open_worker(tmp_path, market) as overlay:
+        await fire_aapl_trigger(overlay, market)
+        approval_id = await pending_approval_id(overlay)
+        with pytest.raises(WorkflowError, match="o383"):
+            await overlay.runner.decide(approval_id, "approve")
+        [record] = await overlay.store.orders()
+    assert market.orders == []
+    assert record.status == "failed" and "NOT placed" in (record.error or "")
+
+
+async def test_an_expired_approval_does_nothing_and_says_so(tmp_path: Path, market: MarketSimulator) -> None:
+    async with open_overlay(
+        settings_for(tmp_path, approval_ttl_s=0.2),
+        poller_config=POLLER,
+        target=build_sim_server(market),
+        run_poller=False,
+    ) as overlay:
+        await fire_aapl_trigger(overlay, market)
+        approval_id = await pending_approval_id(overlay)
+        await anyio.sleep(0.3)
+        result = await overlay.runner.decide(approval_id, "approve")
+        again = await overlay.runner.decide(approval_id, "approve")
+    assert not result.accepted and "expired" in result.message
+    assert not again.accepted and "already expired" in again.message
+    assert result.run is not None and result.run.status == "rejected"
+    assert market.orders == []
+
+
+async def test_a_price_that_moved_too_far_is_re_proposed_not_executed(
+    overlay: Overlay, market: MarketSimulator
+) -> None:
+    await fire_aapl_trigger(overlay, market)
+    first = await pending_approval_id(overlay)
+    market.set_price("AAPL", "205.00")
+
+    result = await overlay.runner.decide(first, "approve")
+
+    assert not result.accepted and "re-proposing" in result.message
+    second = await pending_approval_id(overlay)
+    assert second != first and second.endswith("-a2")
+    [proposal] = await overlay.runner.pending()
+    assert proposal.reference_price > 204
+    assert market.orders == []
+    assert (await overlay.runner.decide(second, "approve")).accepted
+    assert len(market.orders) == 1

@@ -44,6 +44,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> OverlaySettings:
         "anthropic_api_key": None,
         "max_order_notional_usd": 10_000,
         "ib_pacing": "off",
+        "scan_cron": None,
     }
     return OverlaySettings(**(options | overrides))
 

@@ -71,9 +71,10 @@ class BrokerRiskGate:
         await self.store.set_preference(STATE_KEY, state.value)
 
     async def context(self, account_id: str) -> RiskContext:
+        await self.load(self.store)  # another worker may have changed the limits or pulled the kill switch
         now = utc_now()
         summary = await self.broker.account_summary(account_id)
-        positions = await self.broker.positions(account_id)
+        positions = [p for p in await self.broker.positions(account_id) if p.asset_class == "STK"]
         working = [o for o in await self.broker.live_orders(max_age_s=LIVE_ORDERS_MAX_AGE_S) if o.is_working]
         ledger = await self.store.orders(limit=200)
         hour_ago = now - timedelta(hours=1)

@@ -117,8 +117,11 @@ class WorkflowRunner:
         deps: WorkflowDeps,
         checkpointer: BaseCheckpointSaver,
         graphs: dict[str, GraphBuilder] | None = None,
+        *,
+        worker_name: str | None = None,
     ) -> None:
         self.deps = deps
+        self.worker_name = worker_name
         self._graphs = {
             name: build(deps).compile(checkpointer=checkpointer) for name, build in (graphs or GRAPHS).items()
         }
@@ -142,6 +145,7 @@ class WorkflowRunner:
                 workflow=workflow,
                 symbol=str(event_payload.get("symbol", "")).upper() or None,
                 trigger_event_id=event.event_id if event else None,
+                worker=self.worker_name,
             )
         )
         if not created:
@@ -157,8 +161,11 @@ class WorkflowRunner:
         await self._advance(workflow, workflow_id, {"workflow_id": workflow_id, "event": event_payload})
         return await self.status(workflow_id)
 
-    async def handle_event(self, event: TriggerEvent) -> RunView | None:
-        """A trigger event from the bus: remembered, then handed to the workflow its action names."""
+    async def handle_event(self, event: TriggerEvent, *, redelivered: bool = False) -> RunView | None:
+        """A trigger event from the bus: remembered, then handed to the workflow its action names.
+
+        An event starts at most one run (the run row is unique per event id). A redelivered event means the
+        worker that took it died before finishing: its run, if cut short, continues here from its checkpoint."""
         fresh = await self.deps.store.record_market_event(
             MarketEvent(
                 event_id=event.event_id,
@@ -176,10 +183,19 @@ class WorkflowRunner:
                 log.info("trigger %s fired (%s): no workflow to run", event.trigger_name, event.action)
             return None
         try:
+            if redelivered and (run := await self.deps.store.run_for_event(event.event_id)) is not None:
+                return await self._continue_abandoned(run)
             return await self.start(workflow, event=event)
         except WorkflowError as exc:
             log.warning("trigger %s: %s", event.trigger_name, exc)
             return None
+
+    async def _continue_abandoned(self, run: WorkflowRun) -> RunView:
+        if run.status in ("running", "awaiting_approval") and run.workflow in self._graphs:
+            snapshot = await self._snapshot(run.workflow, run.workflow_id)
+            if snapshot.next and not snapshot.interrupts:
+                await self._advance(run.workflow, run.workflow_id, None)
+        return await self.status(run.workflow_id)
 
     async def _advance(self, workflow: str, workflow_id: str, graph_input: Any) -> None:
         graph = self._graphs[workflow]
@@ -382,7 +398,7 @@ class WorkflowRunner:
         return DecisionResult(
             approval_id=approval.approval_id,
             accepted=status == "approved",
-            message=run.summary or status,
+            message=(note or status) if resume["decision"] in ("repropose", "denied") else (run.summary or status),
             run=run,
         )
 

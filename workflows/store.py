@@ -44,6 +44,7 @@ class WorkflowRun(SQLModel, table=True):
     status: str = Field(default="running", index=True)
     symbol: str | None = None
     trigger_event_id: str | None = Field(default=None, unique=True)
+    worker: str | None = None
     summary: str = ""
     result_json: str = "{}"
     error: str | None = None

@@ -2,7 +2,8 @@
 
 Average-cost method, as IB reports it: a position's average cost includes the commissions paid to open it;
 closing shares realise (price - average cost) per share less the closing commission. Cash and realised
-P&L are kept to the cent.
+P&L are kept to the cent. Option prices and average costs are per share; cash and P&L move by the
+instrument's multiplier (100 shares per contract).
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ class CommissionSchedule:
     per_share_usd: Decimal = Decimal("0.005")
     minimum_usd: Decimal = Decimal("1.00")
     maximum_pct_of_value: Decimal = Decimal("1")
+    per_contract_usd: Decimal = Decimal("0.65")
 
     def commission(self, quantity: Decimal, price: Decimal) -> Decimal:
         per_share = max(quantity * self.per_share_usd, self.minimum_usd)
         cap = quantity * price * self.maximum_pct_of_value / 100
         return cents(min(per_share, cap))
+
+    def option_commission(self, contracts: Decimal) -> Decimal:
+        """IB's US option pricing: per contract, with the same minimum per order."""
+        return cents(max(contracts * self.per_contract_usd, self.minimum_usd))
 
 
 @dataclass
@@ -65,21 +71,22 @@ class Account:
         """Book one execution; returns the P&L it realised (0 when it only opens or adds)."""
         holding = self.holdings.setdefault(instrument.conid, Holding(instrument))
         signed = quantity if side == "BUY" else -quantity
+        multiplier = instrument.multiplier
         held = holding.quantity
         realized = ZERO
         if held == 0 or (held > 0) == (signed > 0):
             # A short's basis is its proceeds: the commission lowers it, as it raises a long's cost.
             fee = commission if signed > 0 else -commission
-            holding.avg_cost = (abs(held) * holding.avg_cost + quantity * price + fee) / abs(held + signed)
+            holding.avg_cost = (abs(held) * holding.avg_cost + quantity * price + fee / multiplier) / abs(held + signed)
         else:
             closing = min(quantity, abs(held))
             direction = 1 if held > 0 else -1
-            realized = cents(direction * closing * (price - holding.avg_cost) - commission)
+            realized = cents(direction * closing * (price - holding.avg_cost) * multiplier - commission)
             holding.realized_pnl += realized
             if quantity > closing:
                 holding.avg_cost = price
             elif held + signed == 0:
                 holding.avg_cost = ZERO
         holding.quantity = held + signed
-        self.cash = cents(self.cash - signed * price - commission)
+        self.cash = cents(self.cash - signed * price * multiplier - commission)
         return realized

@@ -13,7 +13,8 @@ from typing import Any
 
 from broker.sim.errors import GatewayError
 from broker.sim.instruments import Instrument
-from broker.sim.market import MarketSimulator, OrderPreview, SimQuote
+from broker.sim.market import MarketSimulator, OrderPreview, PositionView, SimQuote
+from broker.sim.options import OPTION_EXCHANGES, month_code, occ_symbol
 from broker.sim.orders import Accepted, Declined, Execution, OrderOutcome, SimOrder
 from broker.sim.prices import Bar
 
@@ -81,10 +82,105 @@ def search_results(market: MarketSimulator, symbol: str, by_name: bool, sec_type
             "fop": None,
             "opt": None,
             "war": None,
-            "sections": [{"secType": instrument.sec_type}],
+            "sections": _sections(market, instrument),
         }
         for instrument in matches
     ]
+
+
+def _sections(market: MarketSimulator, instrument: Instrument) -> list[dict[str, Any]]:
+    """The stock section, and an OPT section with the expiry months when the stock has listed options."""
+    sections: list[dict[str, Any]] = [{"secType": instrument.sec_type}]
+    months = _option_months(market, instrument)
+    if months:
+        sections.append({"secType": "OPT", "months": ";".join(months), "exchange": OPTION_EXCHANGES})
+    return sections
+
+
+def _option_months(market: MarketSimulator, instrument: Instrument) -> list[str]:
+    expiries = sorted({option.expiry for option in market.option_chain(instrument.symbol) if option.expiry})
+    return [month_code(expiry) for expiry in expiries]
+
+
+def _underlying(market: MarketSimulator, conid: str | int) -> Instrument:
+    try:
+        instrument = market.instrument_by_conid(int(str(conid).strip()))
+    except ValueError as exc:
+        raise GatewayError(400, f"Invalid conid: {conid!r}") from exc
+    if instrument is None or instrument.sec_type != "STK":
+        raise GatewayError(400, f"No underlying contract found for conid {conid}")
+    return instrument
+
+
+def _check_option_sec_type(sec_type: str) -> None:
+    if sec_type.strip().upper() != "OPT":
+        raise GatewayError(400, f"secType {sec_type!r} is not supported here (use OPT)")
+
+
+def option_strikes(market: MarketSimulator, conid: str | int, sec_type: str, month: str) -> dict[str, Any]:
+    """GET /iserver/secdef/strikes: {"call": [...], "put": [...]} strikes of one expiry month (e.g. JAN26)."""
+    _check_option_sec_type(sec_type)
+    underlying = _underlying(market, conid)
+    wanted = month.strip().upper()
+    in_month = [o for o in market.option_chain(underlying.symbol) if o.expiry and month_code(o.expiry) == wanted]
+    return {
+        "call": sorted(float(o.strike) for o in in_month if o.right == "C" and o.strike is not None),
+        "put": sorted(float(o.strike) for o in in_month if o.right == "P" and o.strike is not None),
+    }
+
+
+def secdef_info(
+    market: MarketSimulator,
+    conid: str,
+    sec_type: str,
+    month: str | None,
+    strike: float | None,
+    right: str | None,
+) -> list[dict[str, Any]]:
+    """GET /iserver/secdef/info: the option contracts of an underlying matching month, strike and right."""
+    _check_option_sec_type(sec_type)
+    underlying = _underlying(market, conid)
+    matches = [
+        option
+        for option in market.option_chain(underlying.symbol)
+        if option.expiry is not None
+        and option.strike is not None
+        and (not month or month_code(option.expiry) == month.strip().upper())
+        and (strike is None or float(option.strike) == float(strike))
+        and (not right or option.right == right.strip().upper()[:1])
+    ]
+    matches.sort(key=lambda option: (option.expiry, option.strike, option.right))
+    return [_option_info(option, underlying) for option in matches]
+
+
+def _option_info(option: Instrument, underlying: Instrument) -> dict[str, Any]:
+    assert option.expiry is not None and option.strike is not None and option.right is not None
+    return {
+        "conid": option.conid,
+        "ticker": underlying.symbol,
+        "secType": "OPT",
+        "listingExchange": None,
+        "exchange": option.exchange,
+        "companyName": underlying.name,
+        "currency": option.currency,
+        "validExchanges": OPTION_EXCHANGES.replace(";", ","),
+        "priceRendering": None,
+        "maturityDate": f"{option.expiry:%Y%m%d}",
+        "right": option.right,
+        "strike": float(option.strike),
+        "multiplier": str(option.multiplier),
+        "tradingClass": underlying.symbol,
+        "desc1": underlying.symbol,
+        "desc2": f"{option.expiry:%b %d '%y} {option.strike.normalize():f} {'Call' if option.right == 'C' else 'Put'}",
+        "localSymbol": occ_symbol(underlying.symbol, option.expiry, option.strike, option.right),
+        "underlyingConid": underlying.conid,
+    }
+
+
+def options_chains_not_found(symbol: str) -> dict[str, Any]:
+    """GET /trsrv/secdef/chains: IB_MCP lists a tool for it, but the Client Portal gateway has no such
+    endpoint and answers 404; the simulator answers the same (use search -> strikes -> secdef info)."""
+    raise GatewayError(404, f"Not Found: /trsrv/secdef/chains?symbol={symbol}")
 
 
 def stocks_by_symbol(market: MarketSimulator, symbols: str) -> dict[str, Any]:
@@ -156,7 +252,7 @@ def snapshot_rows(market: MarketSimulator, conids: str, fields: str) -> list[dic
         row: dict[str, Any] = {"conid": conid, "conidEx": str(conid), "_updated": now_ms, "server_id": "q0"}
         instrument = market.instrument_by_conid(conid)
         if instrument is not None and not (first_request and market.empty_first_snapshot):
-            quote = market.quote(instrument.symbol)
+            quote = market.quote_instrument(instrument)
             values = _field_values(quote, instrument, market.availability)
             row.update({code: values[code] for code in wanted if code in values})
             if "87" in wanted:
@@ -268,28 +364,43 @@ def positions_page(market: MarketSimulator, account_id: str, page_id: int) -> li
     """GET /portfolio/{acct}/positions/{pageId}: pages of 100, [] past the end."""
     views = market.positions(account_id)
     page = views[page_id * POSITIONS_PAGE_SIZE : (page_id + 1) * POSITIONS_PAGE_SIZE] if page_id >= 0 else []
-    return [
-        {
-            "acctId": view.account_id,
-            "conid": view.instrument.conid,
-            "contractDesc": view.symbol,
-            "position": _quantity(view.quantity),
-            "mktPrice": float(view.market_price),
-            "mktValue": _money(view.market_value),
-            "currency": view.instrument.currency,
-            "avgCost": float(view.avg_cost),
-            "avgPrice": float(view.avg_cost),
-            "realizedPnl": _money(view.realized_pnl),
-            "unrealizedPnl": _money(view.unrealized_pnl),
-            "assetClass": view.instrument.sec_type,
-            "ticker": view.symbol,
-            "name": view.instrument.name,
-            "listingExchange": view.instrument.exchange,
-            "countryCode": "US",
-            "isUS": True,
+    return [_position_row(view) for view in page]
+
+
+def _position_row(view: PositionView) -> dict[str, Any]:
+    """One position. For an option, as IB shows it: ticker is the underlying, contractDesc the contract,
+    avgCost per contract (x multiplier), avgPrice and mktPrice per share."""
+    instrument = view.instrument
+    row = {
+        "acctId": view.account_id,
+        "conid": view.instrument.conid,
+        "contractDesc": instrument.name if instrument.sec_type == "OPT" else view.symbol,
+        "position": _quantity(view.quantity),
+        "mktPrice": float(view.market_price),
+        "mktValue": _money(view.market_value),
+        "currency": view.instrument.currency,
+        "avgCost": float(view.avg_cost * instrument.multiplier),
+        "avgPrice": float(view.avg_cost),
+        "realizedPnl": _money(view.realized_pnl),
+        "unrealizedPnl": _money(view.unrealized_pnl),
+        "assetClass": view.instrument.sec_type,
+        "ticker": view.symbol,
+        "name": view.instrument.name,
+        "listingExchange": view.instrument.exchange,
+        "countryCode": "US",
+        "isUS": True,
+    }
+    if instrument.sec_type == "OPT":
+        assert instrument.expiry is not None and instrument.strike is not None
+        row |= {
+            "undConid": instrument.underlying_conid,
+            "putOrCall": instrument.right,
+            "strike": f"{instrument.strike.normalize():f}",
+            "expiry": f"{instrument.expiry:%Y%m%d}",
+            "multiplier": float(instrument.multiplier),
+            "name": instrument.symbol,
         }
-        for view in page
-    ]
+    return row
 
 
 def _summary_value(amount: Decimal, timestamp_ms: int) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 Well-known US stocks keep their real conids so that ids copied from a real account mean the same thing here;
 any other symbol gets a stable generated conid (the same on every run and every machine).
-`sec_type` is part of the model so that option contracts can be added later beside stocks.
+Options (see options.py) are instruments too: `sec_type` "OPT", their own conid, the underlying's symbol,
+and the contract terms (expiry, strike, right, multiplier).
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 
@@ -21,6 +23,11 @@ class Instrument:
     listing_exchange: str
     sec_type: str = "STK"
     currency: str = "USD"
+    multiplier: int = 1
+    underlying_conid: int | None = None
+    expiry: date | None = None
+    strike: Decimal | None = None
+    right: str | None = None
 
 
 @dataclass(frozen=True)

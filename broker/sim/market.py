@@ -8,6 +8,10 @@ Nothing here knows MCP or the gateway's JSON shapes (see `gateway.py` and `serve
     market.step()                              # every symbol moves one tick (or one replayed bar)
     market.set_price("AAPL", 150)              # jump a price; working limit orders fill if crossed
     market.quote("AAPL").ask, market.cash(), market.positions(), market.orders
+
+With `options=OptionSettings()` every stock also lists monthly calls and puts (see options.py), priced by
+Black-Scholes from the underlying's last price and the clock; they trade, fill and count like stocks, times
+their multiplier of 100.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
+from broker import black_scholes
 from broker.sim.accounting import ZERO, Account, CommissionSchedule, cents
 from broker.sim.errors import GatewayError
 from broker.sim.faults import FaultPlan
 from broker.sim.instruments import DEFAULT_SYMBOLS, Instrument, default_start_price, instrument_for
+from broker.sim.options import OptionSettings, list_chain, years_to_expiry
 from broker.sim.orders import (
     Accepted,
     Declined,
@@ -122,6 +129,7 @@ class MarketSimulator:
         advance_on_snapshot: bool = False,
         empty_first_snapshot: bool = False,
         clock: Callable[[], float] = time.time,
+        options: OptionSettings | None = None,
     ) -> None:
         """A market for `symbols` (default: AAPL MSFT TSLA SPY NVDA QQQ, or only the replayed ones when `bars`
         is given) plus every symbol in `bars` and in the starting `positions`.
@@ -131,6 +139,7 @@ class MarketSimulator:
         confirmation message ids asked, in turn, before an order of that type is accepted.
         `advance_on_snapshot` moves the market one step per snapshot call; `empty_first_snapshot`
         answers the first snapshot of each conid without price fields, as the real gateway does.
+        `options` lists option chains on every symbol (none by default).
         """
         bars = {symbol.strip().upper(): list(recorded) for symbol, recorded in (bars or {}).items()}
         walks = {symbol.strip().upper(): settings for symbol, settings in (walks or {}).items()}
@@ -160,6 +169,13 @@ class MarketSimulator:
                 start_ms = self.now_ms() // interval_ms * interval_ms
                 self._sources[symbol] = RandomWalk(start, settings, random.Random(f"{seed}:{symbol}"), start_ms)
         self._by_conid = {instrument.conid: instrument for instrument in self._instruments.values()}
+        self.option_settings = options
+        self._options: dict[int, Instrument] = {}
+        if options is not None:
+            today = datetime.fromtimestamp(self._clock(), UTC).date()
+            for instrument in self._instruments.values():
+                for contract in list_chain(instrument, self._sources[instrument.symbol].bar.close, today, options):
+                    self._options.setdefault(contract.conid, contract)
         self._account = Account(account_id, cents(Decimal(str(cash_usd))))
         for position in positions:
             self._account.open_position(
@@ -197,7 +213,13 @@ class MarketSimulator:
         return self._account.account_id
 
     def instrument_by_conid(self, conid: int) -> Instrument | None:
-        return self._by_conid.get(conid)
+        """A stock or a listed option."""
+        return self._by_conid.get(conid) or self._options.get(conid)
+
+    def option_chain(self, underlying: str) -> list[Instrument]:
+        """Every listed option on `underlying` (empty when options are off)."""
+        conid = self._instrument(underlying).conid
+        return [option for option in self._options.values() if option.underlying_conid == conid]
 
     def instrument_by_symbol(self, symbol: str) -> Instrument | None:
         return self._instruments.get(symbol.strip().upper())
@@ -234,6 +256,40 @@ class MarketSimulator:
             prior_close=session.prior_close,
             halted=instrument.symbol in self.halted_symbols,
             closed=self.market_closed,
+        )
+
+    def quote_instrument(self, instrument: Instrument) -> SimQuote:
+        """The quote of a stock, or of an option: Black-Scholes on the underlying's last price, now."""
+        if instrument.sec_type != "OPT":
+            return self.quote(instrument.symbol)
+        assert instrument.expiry is not None and instrument.strike is not None and instrument.right is not None
+        settings = self.option_settings or OptionSettings()
+        underlying = self.quote(instrument.symbol)
+        value = black_scholes.price(
+            instrument.right,
+            float(underlying.last),
+            float(instrument.strike),
+            years_to_expiry(instrument.expiry, self.now_ms()),
+            settings.volatility_pct,
+            settings.risk_free_rate_pct,
+        )
+        mid = to_cents(value)
+        half_spread = cents(settings.spread_usd / 2)
+        return SimQuote(
+            symbol=instrument.symbol,
+            conid=instrument.conid,
+            last=mid,
+            bid=to_cents(mid - half_spread),
+            ask=mid + half_spread,
+            bid_size=10,
+            ask_size=10,
+            volume=0,
+            open=mid,
+            high=mid,
+            low=mid,
+            prior_close=mid,
+            halted=underlying.halted,
+            closed=underlying.closed,
         )
 
     def history(self, symbol: str) -> list[Bar]:
@@ -279,7 +335,8 @@ class MarketSimulator:
         for holding in self._account.holdings.values():
             if holding.quantity == 0:
                 continue
-            price = self._sources[holding.instrument.symbol].bar.close
+            price = self.quote_instrument(holding.instrument).last
+            multiplier = holding.instrument.multiplier
             views.append(
                 PositionView(
                     account_id=self._account.account_id,
@@ -287,8 +344,8 @@ class MarketSimulator:
                     quantity=holding.quantity,
                     avg_cost=holding.avg_cost,
                     market_price=price,
-                    market_value=cents(holding.quantity * price),
-                    unrealized_pnl=cents(holding.quantity * (price - holding.avg_cost)),
+                    market_value=cents(holding.quantity * price * multiplier),
+                    unrealized_pnl=cents(holding.quantity * (price - holding.avg_cost) * multiplier),
                     realized_pnl=holding.realized_pnl,
                 )
             )
@@ -328,7 +385,7 @@ class MarketSimulator:
         self._check_account(account_id)
         if len(tickets) != 1:
             raise GatewayError(400, "Submit exactly one order per request (brackets are not simulated)")
-        return parse_order_ticket(dict(tickets[0]), self._by_conid)
+        return parse_order_ticket(dict(tickets[0]), {**self._by_conid, **self._options})
 
     def _check_client_order_id(self, request: OrderRequest) -> None:
         if request.client_order_id is not None and request.client_order_id in self._registered_client_ids:
@@ -404,24 +461,33 @@ class MarketSimulator:
     def preview(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderPreview:
         """POST .../orders/whatif: what the order would cost now, without placing it."""
         request = self._parse(account_id, tickets)
-        quote = self.quote(request.instrument.symbol)
+        quote = self.quote_instrument(request.instrument)
         market_side = quote.ask if request.side == "BUY" else quote.bid
         price = request.limit_price if request.limit_price is not None else market_side
         return OrderPreview(
             request=request,
             price=price,
-            amount=cents(request.quantity * price),
-            commission=self.commission.commission(request.quantity, price),
-            position_before=self.position(request.instrument.symbol, account_id),
+            amount=cents(request.quantity * price * request.instrument.multiplier),
+            commission=self._commission(request.instrument, request.quantity, price),
+            position_before=self._held(request.instrument),
             equity_before=self.net_liquidation(account_id),
         )
+
+    def _commission(self, instrument: Instrument, quantity: Decimal, price: Decimal) -> Decimal:
+        if instrument.sec_type == "OPT":
+            return self.commission.option_commission(quantity)
+        return self.commission.commission(quantity, price)
+
+    def _held(self, instrument: Instrument) -> Decimal:
+        holding = self._account.holdings.get(instrument.conid)
+        return holding.quantity if holding is not None else ZERO
 
     def _set_status(self, order: SimOrder, status: str) -> None:
         order.status = status
         order.last_update_ms = self.now_ms()
 
     def _fill_price(self, order: SimOrder) -> Decimal | None:
-        quote = self.quote(order.symbol)
+        quote = self.quote_instrument(order.instrument)
         if quote.halted or quote.closed:
             return None
         if order.side == "BUY":
@@ -435,7 +501,7 @@ class MarketSimulator:
         if price is None:
             return
         quantity = order.remaining_quantity
-        commission = self.commission.commission(quantity, price)
+        commission = self._commission(order.instrument, quantity, price)
         realized = self._account.apply_fill(order.instrument, order.side, quantity, price, commission)
         now_ms = self.now_ms()
         self._executions.append(

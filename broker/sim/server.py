@@ -119,6 +119,41 @@ def build_sim_server(market: MarketSimulator) -> MCPServer:
             market, tools.SEARCH_CONTRACT, lambda: gateway.search_results(market, symbol, bool(name), secType)
         )
 
+    @server.tool(name=tools.OPTION_STRIKES)
+    async def get_strikes(conid: int, secType: str, month: str, exchange: str | None = None) -> CallToolResult:
+        """Option Strikes: {"call": [...], "put": [...]} strikes of an underlying conid for one expiry month
+        in MMMYY form (e.g. JAN26); the months are in the OPT section of the search result."""
+        return _gateway_call(
+            market, tools.OPTION_STRIKES, lambda: gateway.option_strikes(market, conid, secType, month)
+        )
+
+    @server.tool(name=tools.SECDEF_INFO)
+    async def get_secdef_info(
+        conid: str,
+        secType: str,
+        month: str | None = None,
+        exchange: str | None = None,
+        strike: float | None = None,
+        right: str | None = None,
+    ) -> CallToolResult:
+        """Secdef Info: the option contracts (conid, maturityDate, strike, right, multiplier) of an underlying
+        conid for a month, strike and right (C or P)."""
+        return _gateway_call(
+            market, tools.SECDEF_INFO, lambda: gateway.secdef_info(market, conid, secType, month, strike, right)
+        )
+
+    @server.tool(name=tools.OPTION_CHAINS)
+    async def get_options_chains(
+        symbol: str,
+        expire: str | None = None,
+        strike: float | None = None,
+        right: str | None = None,
+        exchange: str | None = None,
+        chainType: str | None = None,
+    ) -> CallToolResult:
+        """Get Options Chains: the option chain for an underlying symbol."""
+        return _gateway_call(market, tools.OPTION_CHAINS, lambda: gateway.options_chains_not_found(symbol))
+
     @server.tool(name=tools.SNAPSHOT)
     async def get_marketdata_snapshot(conids: str, fields: str) -> CallToolResult:
         """Live Market Data Snapshot for a comma-separated list of conids and field codes (e.g. '31,84,86').

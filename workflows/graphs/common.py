@@ -176,7 +176,7 @@ def make_execute(deps: WorkflowDeps, workflow: str) -> Node:
 def make_record(deps: WorkflowDeps, workflow: str, result_keys: tuple[str, ...] = ()) -> Node:
     """Write the run's outcome, summary and result; the last node of every graph."""
 
-    async def record(state: State) -> State:
+    async def record(state: dict[str, Any]) -> State:  # dict: LangGraph then passes the graph's whole state
         outcome = state.get("outcome", "hold")
         decision = state.get("decision") or {}
         summary = state.get("summary", outcome)

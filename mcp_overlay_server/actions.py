@@ -1,0 +1,29 @@
+"""Starting a workflow by hand, the same way from the start_strategy tool and from POST /workflows/execute."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from workflows.runner import RunView
+
+if TYPE_CHECKING:
+    from mcp_overlay_server.app import Overlay
+
+MANUAL_TRIGGER = "manual"
+
+
+async def start_workflow(
+    overlay: Overlay, workflow: str, symbol: str, condition: str, params: dict[str, Any] | None = None
+) -> RunView:
+    """Quote `symbol`, then run `workflow` until it finishes or waits for approval. `params` carries the
+    workflow's own inputs (e.g. notional_usd for vwap_order); symbol, price and condition always win."""
+    symbol = symbol.strip().upper()
+    quote = (await overlay.broker.quotes([symbol]))[symbol]
+    inputs = {
+        **(params or {}),
+        "symbol": symbol,
+        "price": quote.price,
+        "condition": condition,
+        "trigger_name": MANUAL_TRIGGER,
+    }
+    return await overlay.runner.start(workflow, params=inputs)
