@@ -45,6 +45,7 @@ class ClaudeBudget(BaseModel):
     daily_budget_usd: float
     spent_today_usd: float
     left_today_usd: float
+    last_call_error: str | None = None
 
 
 class HealthReport(BaseModel):
@@ -73,6 +74,7 @@ async def check_health(overlay: Overlay) -> HealthReport:
     stats = overlay.poller.stats
     since_poll_s = (datetime.now(UTC) - stats.last_poll_at).total_seconds() if stats.last_poll_at else None
     spent_usd = await overlay.usage.spent_today_usd()
+    last_call = await overlay.usage.last_call()
     budget_usd = overlay.settings.claude_daily_budget_usd
     backlog = getattr(overlay.bus, "backlog", None)
     report = HealthReport(
@@ -103,6 +105,7 @@ async def check_health(overlay: Overlay) -> HealthReport:
             daily_budget_usd=budget_usd,
             spent_today_usd=round(spent_usd, 4),
             left_today_usd=round(max(budget_usd - spent_usd, 0.0), 4),
+            last_call_error=None if last_call is None or last_call.ok else last_call.error,
         ),
     )
     report.problems = _problems(report, overlay.poller.interval_s)
@@ -125,6 +128,8 @@ def _problems(report: HealthReport, interval_s: float) -> list[str]:
         problems.append(f"poller: {poller.last_error}")
     if not report.runner.alive:
         problems.append("workflow runner: " + "; ".join(report.runner.background_errors))
+    if report.claude.last_call_error:
+        problems.append(f"Claude API failing (the analyst answers 'hold'): {report.claude.last_call_error}")
     if report.claude.analyst != "offline" and report.claude.left_today_usd <= 0:
         problems.append("Claude daily budget used up: the analyst answers 'hold' until tomorrow (New York)")
     return problems

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+POSTGRES_POOL_SIZE = 4
+
 
 def _is_postgres(url: str) -> bool:
     return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
@@ -26,9 +28,21 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     on the same file works). `url` is a SQLite path or URL, or a postgresql:// URL."""
     if _is_postgres(url):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
 
         conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        async with AsyncPostgresSaver.from_conn_string(conninfo) as saver:
+        # A pool that checks each connection before lending it: a PostgreSQL restart costs the steps that
+        # were running at that moment, not every later checkpoint (one long-lived connection would stay dead).
+        async with AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=POSTGRES_POOL_SIZE,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+        ) as pool:
+            saver = AsyncPostgresSaver(pool)
             await saver.setup()
             yield saver
         return

@@ -134,6 +134,9 @@ def make_engine(url: str) -> AsyncEngine:
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "postgresql":
+        # pre-ping: connections broken by a server restart are replaced instead of failing the next query
+        return create_async_engine(parsed, pool_pre_ping=True)
     return create_async_engine(parsed)
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import Column, DateTime, case, func
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,12 @@ class UsageLedger:
         query = select(func.coalesce(func.sum(ClaudeCall.cost_usd), 0.0)).where(ClaudeCall.trading_day == day)
         async with AsyncSession(self._engine) as session:
             return float((await session.exec(query)).one())
+
+    async def last_call(self) -> ClaudeCall | None:
+        """The most recent Claude call, for health: did the last one fail?"""
+        query = select(ClaudeCall).order_by(col(ClaudeCall.ts).desc()).limit(1)
+        async with AsyncSession(self._engine) as session:
+            return (await session.exec(query)).first()
 
     async def by_workflow(self) -> list[WorkflowSpend]:
         """All-time spend per workflow, most expensive first."""
