@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import runpy
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -14,6 +16,8 @@ import anyio
 from mcp_overlay_server.logging_setup import configure_logging
 from mcp_overlay_server.settings import OverlaySettings
 from poller.config import ConfigError, PollerConfig, load_config
+
+log = logging.getLogger("ib_overlay")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +89,10 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
         )
         server = build_server(overlay)
         if not args.http:
-            await server.run_stdio_async()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+                await server.run_stdio_async()
+                tasks.cancel_scope.cancel()
             return
         host = args.host or settings.http_host
         port = settings.http_port if args.port is None else args.port
@@ -98,7 +105,18 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
             file=sys.stderr,
             flush=True,
         )
-        await anyio.sleep_forever()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    """SIGTERM / SIGINT: stop taking work; the exit stack then lets in-flight steps finish (bounded) or leaves
+    them checkpointed for the next start, and closes everything in reverse order."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 async def _demo(args: argparse.Namespace) -> int:

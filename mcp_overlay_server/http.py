@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_overlay_server.app import Overlay
 from mcp_overlay_server.rest import register_rest
 
+GRACEFUL_SHUTDOWN_S = 10
 PUBLIC_PATHS = frozenset({"/healthz"})
 LOCAL_BIND_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 LOCAL_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
@@ -192,7 +193,9 @@ def build_http_app(
 @asynccontextmanager
 async def serve_http(app: ASGIApp, host: str, port: int) -> AsyncIterator[str]:
     """Run `app` with uvicorn on host:port (0 = a free port) until the block exits; yields the /mcp URL."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(server.serve)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -149,3 +150,33 @@ async def test_serve_demo_over_stdio_lists_and_calls_tools(tmp_path: Path) -> No
             assert names >= OVERLAY_TOOLS
             context = await structured(client, "get_context")
             assert context["mode"] == "paper" and context["account_id"].startswith("DU")
+
+
+def test_sigterm_shuts_the_http_server_down_cleanly(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcp_overlay_server",
+            "serve",
+            "--demo",
+            "--http",
+            "--port",
+            "0",
+            "--log-format",
+            "text",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "overlay MCP server on" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=30)
+    assert process.returncode == 0, rest
+    assert "received SIGTERM: shutting down" in rest
