@@ -194,6 +194,16 @@ def test_total_exposure_edge_counts_every_symbol_and_working_orders() -> None:
     ]
 
 
+def test_exposure_fails_closed_when_a_worked_symbol_has_no_price() -> None:
+    working = [WorkingOrder(symbol="TSLA", side="BUY", quantity=5)]
+    decision = wide().check(intent(), ctx(working_orders=working))
+    assert decision.denials == [
+        RiskDenial(rule="max_total_exposure_usd", reason="no price known for TSLA: exposure cannot be valued")
+    ]
+    priced = ctx(working_orders=working, recent_prices={"TSLA": [PricePoint(ts=NOW, price_usd=250.0)]})
+    assert wide().check(intent(), priced).allowed
+
+
 # ---- buying power
 
 

@@ -182,6 +182,12 @@ def worst_case_exposure_usd(ctx: RiskContext, intent: OrderIntent | None = None)
     return total
 
 
+def unpriced_symbols(ctx: RiskContext) -> list[str]:
+    """Symbols held or worked with no known price: their exposure cannot be valued."""
+    symbols = set(ctx.positions) | {o.symbol for o in ctx.working_orders}
+    return sorted(s for s in symbols if worst_case_shares(ctx, s) > 0 and ctx.mark_price_usd(s) == 0)
+
+
 def _exceeds(value: float, limit: float) -> bool:
     return value > limit + _RELATIVE_TOLERANCE * max(1.0, abs(limit))
 
@@ -277,6 +283,12 @@ class MaxTotalExposure:
     def check(self, intent: OrderIntent, ctx: RiskContext) -> RiskDenial | None:
         if is_reducing(intent, ctx):
             return None
+        # A position or working order without any price would count as $0: fail closed instead.
+        unpriced = [s for s in unpriced_symbols(ctx) if s != intent.symbol]
+        if unpriced:
+            return RiskDenial(
+                rule=self.name, reason=f"no price known for {', '.join(unpriced)}: exposure cannot be valued"
+            )
         after_usd = worst_case_exposure_usd(ctx, intent)
         if _at_most(after_usd, self.max_usd):
             return None
