@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 BrokerTarget = str | StdioServerParameters | MCPServer
 MAX_CONFIRMATION_ROUNDS = 5
 MAX_POSITION_PAGES = 20
+# IB documents up to 100 positions per page (30 in older gateways); a shorter page is the last one, so
+# stopping below the smaller figure never misses a page and usually saves the call for an empty one.
+IB_POSITIONS_PAGE_SIZE = 30
 
 
 def describe_target(target: BrokerTarget) -> str:
@@ -276,7 +279,7 @@ class BrokerClient:
     async def positions(self, account_id: str) -> list[Position]:
         positions: list[Position] = []
         for page in range(MAX_POSITION_PAGES):
-            rows = ib.unwrap_list(await self.call(ib.POSITIONS, {"accountId": account_id, "pageId": str(page)}))
+            rows = ib.unwrap_list(await self.call(ib.POSITIONS, {"accountId": account_id, "pageId": page}))
             if not rows:
                 break
             for row in rows:
@@ -299,6 +302,8 @@ class BrokerClient:
                         asset_class=str(row.get("assetClass") or "STK"),
                     )
                 )
+            if len(rows) < IB_POSITIONS_PAGE_SIZE:
+                break
         return positions
 
     async def position(self, account_id: str, symbol: str) -> Position | None:

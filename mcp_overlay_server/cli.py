@@ -7,8 +7,9 @@ import logging
 import runpy
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from decimal import Decimal
 from pathlib import Path
 
 import anyio
@@ -63,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     export = audit_commands.add_parser("export", help="write the audit log as JSON lines")
     export.add_argument("file", type=Path, help="where to write (JSON lines)")
 
+    replay = command("replay", help="backtest: replay recorded bars through the triggers, workflows and risk checks")
+    replay.add_argument("--data", type=Path, required=True, help="CSV: date, open, high, low, close, volume[, symbol]")
+    replay.add_argument("--symbol", help="the symbol of a CSV without a symbol column (default: the file name)")
+    replay.add_argument("--config", type=Path, required=True, help="poller YAML with the triggers to replay")
+    replay.add_argument("--workflows", help="comma-separated: only triggers that start these workflows")
+    replay.add_argument("--speed", default="max", help="'max' (as fast as possible) or N bars per second")
+    replay.add_argument(
+        "--approve", default="all", help="approval policy: all, none, or under:USD (approve notional <= USD)"
+    )
+    replay.add_argument(
+        "--commission", default="ib", help="'ib' (0.005/share, $1 min, 1%% cap), 'none', or PER_SHARE[,MIN[,MAX_PCT]]"
+    )
+    replay.add_argument("--slippage-bps", type=Decimal, default=Decimal(0), help="fills this far beyond the close")
+    replay.add_argument("--cash", type=Decimal, default=Decimal(100_000), help="starting cash in USD")
+    replay.add_argument("--out", type=Path, default=Path("replay_report"), help="where report.json/.html go")
+
     subparsers.add_parser("poller", help="run the poller as its own process (the same as `python -m poller`)")
     return parser
 
@@ -77,46 +94,47 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
     from mcp_overlay_server.server import build_server
 
     config = _poller_config(args.config or settings.poller_config)
-    async with AsyncExitStack() as stack:
-        target = None
-        if args.demo:
-            from mcp_overlay_server.demo import demo_market, demo_poller_config, demo_sim_server
+    # The receiver is open before anything announces readiness, so an early SIGTERM still shuts down cleanly.
+    # The exit stack closes outside the cancelled scope, so closing is not itself cancelled.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with AsyncExitStack() as stack:
+            target = None
+            if args.demo:
+                from mcp_overlay_server.demo import demo_market, demo_poller_config, demo_sim_server
 
-            target = demo_sim_server(demo_market())
-            config = config or demo_poller_config()
-        overlay = await stack.enter_async_context(
-            open_overlay(settings, poller_config=config, target=target, run_poller=not args.no_poller)
-        )
-        server = build_server(overlay)
-        if not args.http:
+                target = demo_sim_server(demo_market())
+                config = config or demo_poller_config()
+            overlay = await stack.enter_async_context(
+                open_overlay(settings, poller_config=config, target=target, run_poller=not args.no_poller)
+            )
+            server = build_server(overlay)
+            if not args.http:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_cancel_on_signal, signals, tasks.cancel_scope)
+                    await server.run_stdio_async()
+                    tasks.cancel_scope.cancel()
+                return
+            host = args.host or settings.http_host
+            port = settings.http_port if args.port is None else args.port
+            token = (
+                settings.http_token.get_secret_value()
+                if settings.http_token
+                else load_or_create_token(settings.token_file)
+            )
+            app = build_http_app(overlay, server, token, host)
+            url = await stack.enter_async_context(serve_http(app, host, port))
+            print(f"overlay MCP server on {url} (bearer token in {settings.token_file})", file=sys.stderr, flush=True)
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
-                await server.run_stdio_async()
-                tasks.cancel_scope.cancel()
-            return
-        host = args.host or settings.http_host
-        port = settings.http_port if args.port is None else args.port
-        token = (
-            settings.http_token.get_secret_value() if settings.http_token else load_or_create_token(settings.token_file)
-        )
-        url = await stack.enter_async_context(serve_http(build_http_app(overlay, server, token, host), host, port))
-        print(
-            f"overlay MCP server on {url} (bearer token in {settings.token_file})",
-            file=sys.stderr,
-            flush=True,
-        )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+                tasks.start_soon(_cancel_on_signal, signals, tasks.cancel_scope)
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def _cancel_on_signal(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
     """SIGTERM / SIGINT: stop taking work; the exit stack then lets in-flight steps finish (bounded) or leaves
     them checkpointed for the next start, and closes everything in reverse order."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            scope.cancel()
-            return
+    async for signum in signals:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        scope.cancel()
+        return
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -161,6 +179,41 @@ async def _audit(args: argparse.Namespace, settings: OverlaySettings) -> int:
         await engine.dispose()
 
 
+async def _replay(args: argparse.Namespace, settings: OverlaySettings) -> int:
+    from broker.sim.prices import load_bars_csv
+    from replay.engine import ReplayConfig, ReplayError, run_replay
+    from replay.market import parse_commission
+    from replay.policy import ApprovalPolicy
+    from replay.report import write_report
+
+    try:
+        speed = None if args.speed == "max" else float(args.speed)
+        if speed is not None and speed <= 0:
+            raise ValueError("--speed must be 'max' or a positive number of bars per second")
+        config = ReplayConfig(
+            bars=load_bars_csv(args.data, args.symbol),
+            triggers=load_config(args.config).triggers,
+            workflows=frozenset(w.strip() for w in args.workflows.split(",") if w.strip()) if args.workflows else None,
+            policy=ApprovalPolicy.parse(args.approve),
+            commission=parse_commission(args.commission),
+            slippage_bps=args.slippage_bps,
+            cash_usd=args.cash,
+            bars_per_second=speed,
+        )
+        report = await run_replay(config, settings)
+    except (ReplayError, ValueError, OSError, KeyError) as exc:
+        print(f"ib-overlay replay: {exc}", file=sys.stderr)
+        return 2
+    json_path, html_path = write_report(report, args.out)
+    print(
+        f"{len(report.trades)} trades, total P&L {report.total_pnl_usd} USD (realised {report.realized_pnl_usd}, "
+        f"unrealised {report.unrealized_pnl_usd}), max drawdown {report.drawdown.max_drawdown_usd} USD; "
+        f"{json_path} and {html_path}",
+        flush=True,
+    )
+    return 0
+
+
 def _run_poller(argv: Sequence[str]) -> int:
     sys.argv = ["python -m poller", *argv]
     try:
@@ -177,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_poller(argv[1:])
     args = _parser().parse_args(argv)
     settings = OverlaySettings()
-    log_dir = None if args.command == "demo" else settings.data_dir / "logs"
+    log_dir = None if args.command in ("demo", "replay") else settings.data_dir / "logs"
     configure_logging("overlay", log_dir=log_dir, verbose=args.verbose, json_stderr=args.log_format == "json")
     try:
         if args.command == "serve":
@@ -187,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_doctor, args, settings)
         if args.command == "audit":
             return anyio.run(_audit, args, settings)
+        if args.command == "replay":
+            return anyio.run(_replay, args, settings)
         return anyio.run(_demo, args)
     except ConfigError as exc:
         print(f"ib-overlay: {exc}", file=sys.stderr)

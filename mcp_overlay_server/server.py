@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -23,6 +24,13 @@ from mcp_overlay_server.prompts import register_prompts
 from mcp_overlay_server.resources import register_resources
 from mcp_overlay_server.views import MARKET_SCAN, PriceHistory, TriggerList, TriggerView, price_history, trigger_list
 from poller.triggers import TriggerSpec
+from replay.suggest import (
+    SuggestionDecision,
+    SuggestionError,
+    SuggestionSet,
+    decide_suggestion,
+    suggest_for_overlay,
+)
 from workflows.risk import RiskLimits, TradingState
 from workflows.risk_gate import LIMITS_KEY, STATE_KEY
 from workflows.runner import DecisionResult, PendingApproval, RunView, WorkflowError
@@ -191,6 +199,7 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
     """The MCP server over `overlay`. Its lifespan runs the change watcher that feeds resource updates and
     background-event log messages (trigger fired, order filled) to subscribed clients."""
     hub = SessionHub()
+    suggestion_lock = anyio.Lock()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
@@ -594,10 +603,51 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
 
     @server.tool(annotations=READ_ONLY)
     async def performance_report() -> PerformanceReport:
-        """How the overlay's own orders did, per workflow: orders sent and filled, fill rate, USD bought and
-        sold, realised P&L (average cost of the overlay's own buys) and average slippage in basis points against
-        the proposal's reference price (positive = worse). The definitions are in the result."""
-        return await build_performance_report(overlay.store)
+        """How the overlay's own orders did, per workflow and per trigger: orders sent and filled, fill rate, USD
+        bought and sold, realised P&L (average cost of the overlay's own buys), win rate, average slippage in basis
+        points against the proposal's reference price (positive = worse), max drawdown of realised P&L, exposure
+        over time, and Claude calls and cost. The same figures as a replay report. Definitions are in the result."""
+        return await build_performance_report(overlay.store, overlay.usage)
+
+    @server.tool(annotations=ADDITIVE)
+    async def suggest_strategy_changes(
+        data_path: Annotated[
+            str,
+            Field(description="CSV of recorded bars on the overlay's machine: date, open, high, low, close, volume"),
+        ],
+        symbol: Annotated[str | None, Field(description="the symbol, when the CSV has no symbol column")] = None,
+        approve: Annotated[str, Field(description="approvals in the replays: all, none, or under:USD")] = "all",
+        commission: Annotated[str, Field(description="'ib', 'none', or PER_SHARE[,MIN[,MAX_PCT]]")] = "ib",
+        slippage_bps: Annotated[float, Field(ge=0, le=1000, description="fills this far beyond the close")] = 0,
+    ) -> SuggestionSet:
+        """Review how the current triggers and risk limits would have done on recorded bars (P&L, win rate,
+        drawdown by workflow and trigger) and propose parameter changes (thresholds, order size, cooldowns).
+        Each proposal is replayed on the same bars: `before` and `after` are side by side. Nothing changes until
+        the user approves a proposal with decide_strategy_change. Show the user both columns first."""
+        try:
+            return await suggest_for_overlay(
+                overlay,
+                Path(data_path),
+                symbol=symbol,
+                policy=approve,
+                commission=commission,
+                slippage_bps=slippage_bps,
+            )
+        except (SuggestionError, ValueError) as exc:
+            raise _tool_error(exc) from exc
+
+    @server.tool(annotations=SETTING)
+    async def decide_strategy_change(
+        suggestion_id: Annotated[str, Field(description="from suggest_strategy_changes")],
+        decision: Literal["approve", "reject"],
+    ) -> SuggestionDecision:
+        """The user's answer to one suggested change. Approve applies it once (the trigger is saved, or the risk
+        limit set); reject drops it. Never approve without the user's explicit yes."""
+        async with suggestion_lock:
+            try:
+                return await decide_suggestion(overlay, suggestion_id, decision)
+            except (SuggestionError, ValueError) as exc:
+                raise _tool_error(exc) from exc
 
     @server.tool(annotations=READ_ONLY_BROKER)
     async def get_health() -> HealthReport:

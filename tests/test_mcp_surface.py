@@ -42,6 +42,8 @@ EXPECTED_TOOLS = {
     "get_audit_log",
     "performance_report",
     "get_health",
+    "suggest_strategy_changes",
+    "decide_strategy_change",
 }
 
 

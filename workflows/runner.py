@@ -267,8 +267,9 @@ class WorkflowRunner:
         return [await self.status(run.workflow_id) for run in await self.deps.store.list_runs(limit=limit)]
 
     async def pending(self) -> list[PendingApproval]:
-        await self.expire_overdue()
-        return [pending_view(a) for a in await self.deps.store.pending_approvals()]
+        """Approvals still open: past-deadline ones are left out here and closed by the sweeper."""
+        now = utc_now()
+        return [pending_view(a) for a in await self.deps.store.pending_approvals() if as_utc(a.expires_at) > now]
 
     async def expire_overdue(self) -> int:
         """Pending approvals past their deadline become "expired" and their runs finish without an order."""

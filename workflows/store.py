@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -137,7 +137,19 @@ def make_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "postgresql":
         # pre-ping: connections broken by a server restart are replaced instead of failing the next query
         return create_async_engine(parsed, pool_pre_ping=True)
-    return create_async_engine(parsed)
+    engine = create_async_engine(parsed)
+    event.listen(engine.sync_engine, "connect", _sqlite_wal)
+    return engine
+
+
+def _sqlite_wal(connection: Any, _: Any) -> None:
+    """WAL lets readers and the writer work at once; synchronous=NORMAL is durable across a process crash
+    (an OS crash may lose the last commits) and roughly halves a workflow step's commit cost."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
 
 
 class WorkflowStore:
