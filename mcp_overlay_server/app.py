@@ -11,7 +11,6 @@ from functools import partial
 
 import anyio
 from mcp import StdioServerParameters
-from workflows.audit import AuditLog
 
 from broker.client import BrokerClient, BrokerTarget
 from broker.errors import BrokerError
@@ -26,6 +25,7 @@ from poller.sources import IBMCPSource
 from poller.trigger_store import TriggerStore
 from poller.triggers import TriggerEngine, TriggerSpec
 from workflows.analyst import build_analyst
+from workflows.audit import AuditLog
 from workflows.checkpoint import open_checkpointer
 from workflows.deps import TradingSettings, WorkflowDeps
 from workflows.execution import reconcile_ledger
@@ -183,7 +183,7 @@ async def open_overlay(
         await store.init()
         audit = AuditLog(workflow_engine)
         await audit.init()
-        usage = UsageLedger(workflow_engine)
+        usage = UsageLedger(workflow_engine, audit=audit)
         await usage.create_table()
         api_key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         analyst = build_analyst(

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
@@ -180,10 +181,19 @@ def _spend_fields(row: tuple) -> dict[str, int | float]:
     }
 
 
+class AuditSink(Protocol):
+    async def append(self, event: str, **fields: Any) -> Any: ...
+
+
+AUDIT_RESPONSE_CHARS = 2000
+
+
 class UsageLedger:
     """Claude calls and their cost, in the `claude_calls` table of any SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False, audit: AuditSink | None = None) -> None:
+        # Every call is also written to the audit log (prompt hash, response, tokens, cost) when given.
+        self.audit = audit
         self._engine = engine
         self._owns_engine = owns_engine
 
@@ -235,6 +245,20 @@ class UsageLedger:
         async with AsyncSession(self._engine, expire_on_commit=False) as session:
             session.add(call)
             await session.commit()
+        if self.audit is not None:
+            await self.audit.append(
+                "claude_call",
+                workflow=workflow,
+                workflow_id=workflow_id,
+                claude_reasoning=call.response_text[:AUDIT_RESPONSE_CHARS],
+                model=model,
+                prompt_sha256=prompt_sha256,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cost_usd=call.cost_usd,
+                ok=call.ok,
+                error=error,
+            )
         return call
 
     async def spent_today_usd(self, now: datetime | None = None) -> float:
