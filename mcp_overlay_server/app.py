@@ -196,6 +196,7 @@ async def open_overlay(
             approval_ttl_s=settings.approval_ttl_s,
             max_order_notional_usd=settings.max_order_notional_usd,
             max_price_drift_pct=settings.max_price_drift_pct,
+            auto_approve_under_usd=dict(settings.auto_approve_under_usd),
         )
         limits = RiskLimits(
             max_order_notional_usd=settings.max_order_notional_usd,

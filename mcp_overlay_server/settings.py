@@ -71,6 +71,12 @@ class OverlaySettings(BaseSettings):
     live_trading_enabled: bool = Field(default=False, validation_alias=AliasChoices("LIVE_TRADING_ENABLED"))
     approval_ttl_s: float = Field(default=300.0, gt=0, validation_alias=AliasChoices("APPROVAL_TTL_S"))
     max_order_notional_usd: float = Field(default=5000.0, gt=0, validation_alias=AliasChoices("MAX_ORDER_NOTIONAL_USD"))
+    auto_approve_under_usd: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("AUTO_APPROVE_UNDER_USD"),
+        description="per workflow, e.g. 'price_alert=500,vwap_order=1000': proposals at or under that notional "
+        "are approved without asking, in paper mode only (risk checks still apply)",
+    )
     max_price_drift_pct: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("MAX_PRICE_DRIFT_PCT"))
 
     market_calendar: str = Field(
@@ -88,6 +94,19 @@ class OverlaySettings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("OVERLAY_HOST"))
     http_port: int = Field(default=8765, ge=0, le=65535, validation_alias=AliasChoices("OVERLAY_PORT"))
     http_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OVERLAY_TOKEN"))
+
+    @field_validator("auto_approve_under_usd", mode="before")
+    @classmethod
+    def _workflow_amounts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        amounts: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            workflow, separator, amount = part.partition("=")
+            if not separator:
+                raise ValueError(f"AUTO_APPROVE_UNDER_USD: {part!r} should look like 'price_alert=500'")
+            amounts[workflow.strip()] = amount.strip()
+        return amounts
 
     @field_validator("scan_cron", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from broker.models import OrderTicket
 from broker.sim.market import MarketSimulator
 from broker.sim.server import build_sim_server
 from mcp_overlay_server.app import Overlay, open_overlay
+from poller.events import TriggerEvent
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
 from workflows.execution import place_once, reconcile_ledger
 from workflows.runner import WorkflowError
@@ -243,3 +244,31 @@ async def test_a_price_that_moved_too_far_is_re_proposed_not_executed(
     assert market.orders == []
     assert (await overlay.runner.decide(second, "approve")).accepted
     assert len(market.orders) == 1
+
+
+async def test_a_proposal_under_the_auto_approve_threshold_fills_without_asking(tmp_path: Path) -> None:
+    market = make_market()
+    settings = settings_for(tmp_path, auto_approve_under_usd={"price_alert": 6000})
+    async with open_overlay(
+        settings, poller_config=POLLER, target=build_sim_server(market), run_poller=False
+    ) as overlay:
+        run = await overlay.runner.start("price_alert", event=aapl_alert())
+        approval = await overlay.store.get_approval(f"{run.workflow_id}-a1")
+    assert run.status == "completed" and "filled" in run.summary
+    assert approval is not None and approval.status == "approved" and "auto-approved" in (approval.decision_note or "")
+    assert len(market.orders) == 1
+
+
+async def test_a_proposal_over_the_auto_approve_threshold_still_waits(tmp_path: Path) -> None:
+    market = make_market()
+    settings = settings_for(tmp_path, auto_approve_under_usd={"price_alert": 100})
+    async with open_overlay(
+        settings, poller_config=POLLER, target=build_sim_server(market), run_poller=False
+    ) as overlay:
+        run = await overlay.runner.start("price_alert", event=aapl_alert())
+    assert run.status == "awaiting_approval"
+    assert market.orders == []
+
+
+def aapl_alert() -> TriggerEvent:
+    return TriggerEvent(trigger_name="AAPL price alert", symbol="AAPL", price=200.4, condition="price > 200")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +30,11 @@ class TradingSettings:
     approval_ttl_s: float = 300.0
     max_order_notional_usd: float = 5000.0
     max_price_drift_pct: float = 1.0
+    auto_approve_under_usd: Mapping[str, float] = field(default_factory=dict)
+    """Per workflow: proposals at or under this notional are approved without asking (paper mode only)."""
+
+    def auto_approve_limit_usd(self, workflow: str) -> float | None:
+        return self.auto_approve_under_usd.get(workflow) if self.mode == "paper" else None
 
 
 @dataclass

@@ -119,4 +119,7 @@ class BrokerRiskGate:
         description = self.engine.describe()
         description["trading_state"] = self.state.value
         description["mode"] = self.trading.mode
+        description["auto_approve_under_usd"] = (
+            dict(self.trading.auto_approve_under_usd) if self.trading.mode == "paper" else {}
+        )
         return description

@@ -113,10 +113,37 @@ def make_propose(deps: WorkflowDeps, workflow: str) -> Node:
                 approval_id=approval_id,
                 mode=deps.trading.mode,
             )
+        auto = await _auto_approval(deps, workflow, approval_id, intent, created)
+        if auto is not None:
+            return {"approval_id": approval_id, "approval_round": approval_round, "decision": auto}
         await deps.store.update_run(state["workflow_id"], status="awaiting_approval")
         return {"approval_id": approval_id, "approval_round": approval_round}
 
     return propose
+
+
+async def _auto_approval(
+    deps: WorkflowDeps, workflow: str, approval_id: str, intent: OrderIntent, created: bool
+) -> dict[str, Any] | None:
+    """The decision, when the user set an auto-approve threshold for this workflow and the order is under it.
+    Risk has already allowed the order; the approval row still records who decided (the threshold)."""
+    limit_usd = deps.trading.auto_approve_limit_usd(workflow)
+    if limit_usd is None or intent.notional_usd > limit_usd:
+        return None
+    note = f"auto-approved: ${intent.notional_usd:,.2f} <= auto_approve_under_usd[{workflow}] ${limit_usd:,.2f}"
+    if created and await deps.store.decide_approval(approval_id, "approved", note=note):
+        await deps.audit.append(
+            "approval_decided", workflow=workflow, approval_id=approval_id, decision="auto_approve", note=note
+        )
+    stored = await deps.store.get_approval(approval_id)
+    if stored is None or stored.status != "approved" or stored.decision_note != note:
+        return None
+    return {"decision": "approve", "note": note, "auto": True}
+
+
+def after_propose(state: State) -> Literal["execute", "await_approval"]:
+    """An auto-approved proposal goes straight to execution; every other one waits for the human."""
+    return "execute" if (state.get("decision") or {}).get("auto") else "await_approval"
 
 
 async def await_approval(state: State) -> State:

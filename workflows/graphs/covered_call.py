@@ -25,6 +25,7 @@ from workflows.deps import WorkflowDeps
 from workflows.graphs.common import (
     TradeState,
     after_approval,
+    after_propose,
     after_risk,
     await_approval,
     make_check_risk,
@@ -283,7 +284,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
     graph.add_edge("chain", "analyse")
     graph.add_edge("analyse", "check_risk")
     graph.add_conditional_edges("check_risk", after_risk)
-    graph.add_edge("propose", "await_approval")
+    graph.add_conditional_edges("propose", after_propose)
     graph.add_conditional_edges("await_approval", after_approval)
     graph.add_edge("execute", "monitor")
     graph.add_edge("monitor", "record")

@@ -30,6 +30,7 @@ from workflows.execution import client_order_id, place_once
 from workflows.graphs.common import (
     TradeState,
     after_approval,
+    after_propose,
     after_risk,
     await_approval,
     make_check_risk,
@@ -300,7 +301,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
     graph.add_edge("gather", "analyse")
     graph.add_edge("analyse", "check_risk")
     graph.add_conditional_edges("check_risk", after_risk)
-    graph.add_edge("propose", "await_approval")
+    graph.add_conditional_edges("propose", after_propose)
     graph.add_conditional_edges("await_approval", after_approval)
     graph.add_conditional_edges("execute", after_execute, ["arm", "record"])
     graph.add_edge("arm", "monitor")

@@ -26,6 +26,7 @@ from workflows.deps import WorkflowDeps
 from workflows.graphs.common import (
     TradeState,
     after_approval,
+    after_propose,
     after_risk,
     await_approval,
     make_check_risk,
@@ -241,7 +242,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
     graph.add_edge("gather", "evaluate")
     graph.add_edge("evaluate", "check_risk")
     graph.add_conditional_edges("check_risk", after_risk)
-    graph.add_edge("propose", "await_approval")
+    graph.add_conditional_edges("propose", after_propose)
     graph.add_conditional_edges("await_approval", after_approval)
     graph.add_edge("execute", "close_memory")
     graph.add_edge("close_memory", "record")
