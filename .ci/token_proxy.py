@@ -25,7 +25,10 @@ async def app(scope, receive, send):
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     headers["authorization"] = f"Bearer {os.environ['OVERLAY_TOKEN']}"
     upstream = client.build_request(
-        request.method, f"{TARGET}{request.url.path}", params=request.query_params, headers=headers,
+        request.method,
+        f"{TARGET}{request.url.path}",
+        params=request.query_params,
+        headers=headers,
         content=await request.body(),
     )
     response = await client.send(upstream, stream=True)

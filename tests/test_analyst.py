@@ -149,9 +149,7 @@ async def test_limit_order_answer_keeps_its_limit_price(analyst: ClaudeAnalyst, 
 
 
 @pytest.mark.anyio
-async def test_claude_hold_answer_is_a_hold_with_no_quantity(
-    analyst: ClaudeAnalyst, router: respx.Router
-) -> None:
+async def test_claude_hold_answer_is_a_hold_with_no_quantity(analyst: ClaudeAnalyst, router: respx.Router) -> None:
     text = answer(action="hold", quantity=5, rationale="No edge at this level.")
     router.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=message_json(text)))
 
@@ -209,9 +207,7 @@ async def test_out_of_range_answer_becomes_hold_with_the_reason(
 
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "refusal"])
 @pytest.mark.anyio
-async def test_incomplete_answer_becomes_hold(
-    analyst: ClaudeAnalyst, router: respx.Router, stop_reason: str
-) -> None:
+async def test_incomplete_answer_becomes_hold(analyst: ClaudeAnalyst, router: respx.Router, stop_reason: str) -> None:
     body = message_json(answer(action="buy", quantity=10), stop_reason=stop_reason)
     router.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=body))
 
@@ -266,9 +262,7 @@ async def test_timeout_becomes_hold(analyst: ClaudeAnalyst, router: respx.Router
 
 
 @pytest.mark.anyio
-async def test_whole_call_deadline_covers_a_hung_connection(
-    router: respx.Router, ledger: UsageLedger
-) -> None:
+async def test_whole_call_deadline_covers_a_hung_connection(router: respx.Router, ledger: UsageLedger) -> None:
     async def never_answers(request: httpx.Request) -> httpx.Response:
         await anyio.sleep(60)
         return httpx.Response(200, json=message_json(answer()))
@@ -396,9 +390,7 @@ def test_haiku_5_5_long_prompts_pay_the_higher_tier_on_every_token() -> None:
     short = TokenUsage(input_tokens=100_000, output_tokens=1000)
     long = TokenUsage(input_tokens=90_000, cache_read_tokens=20_000, output_tokens=1000)
     assert cost_usd("claude-haiku-5-5", short) == pytest.approx((100_000 * 0.10 + 1000 * 0.50) / 1e6)
-    assert cost_usd("claude-haiku-5-5", long) == pytest.approx(
-        (90_000 * 0.50 + 20_000 * 0.05 + 1000 * 2.50) / 1e6
-    )
+    assert cost_usd("claude-haiku-5-5", long) == pytest.approx((90_000 * 0.50 + 20_000 * 0.05 + 1000 * 2.50) / 1e6)
 
 
 def test_unknown_model_is_priced_at_the_most_expensive_rate() -> None:

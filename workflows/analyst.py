@@ -116,9 +116,7 @@ class OfflineAnalyst:
             action = "buy"
             why = f"{trigger} fell through its level: buy with half the order budget"
         else:
-            return hold(
-                f"{self.rationale_prefix}: no rule applies to {trigger} with {held}.", source=self.name
-            )
+            return hold(f"{self.rationale_prefix}: no rule applies to {trigger} with {held}.", source=self.name)
         if quantity < 1:
             return hold(f"{self.rationale_prefix}: {why}, but that is under one share.", source=self.name)
         return Recommendation(
@@ -337,9 +335,7 @@ class ClaudeAnalyst:
         )
         return recommendation
 
-    def _interpret(
-        self, message: Message, text: str, request: AnalysisRequest
-    ) -> tuple[Recommendation, str | None]:
+    def _interpret(self, message: Message, text: str, request: AnalysisRequest) -> tuple[Recommendation, str | None]:
         """The recommendation, and the reason Claude's answer was rejected (None when it was used)."""
         if message.stop_reason not in ("end_turn", "stop_sequence"):
             rejection = f"Claude stopped early ({message.stop_reason}) without a complete answer"
