@@ -197,6 +197,7 @@ async def open_overlay(
             max_order_notional_usd=settings.max_order_notional_usd,
             max_price_drift_pct=settings.max_price_drift_pct,
             auto_approve_under_usd=dict(settings.auto_approve_under_usd),
+            resume_wait_s=settings.resume_wait_s,
         )
         limits = RiskLimits(
             max_order_notional_usd=settings.max_order_notional_usd,
@@ -257,6 +258,7 @@ async def open_overlay(
         except BrokerError as exc:
             log.warning("ledger not reconciled at start-up (IB_MCP unreachable?): %s", exc)
         async with anyio.create_task_group() as tasks:
+            runner.background = tasks
             tasks.start_soon(overlay.consume_events)
             tasks.start_soon(overlay.sweep_approvals)
             if run_poller and settings.runs_embedded_poller:

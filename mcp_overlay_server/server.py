@@ -275,7 +275,9 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
         """Record the USER's decision on a proposed order. Only call this with the user's explicit answer.
         "approve" re-checks risk limits and the price (a move beyond the allowed drift re-proposes instead), then
         places the order through IB_MCP exactly once and returns the fill; "reject" ends the workflow with no
-        order. An approval already decided, rejected or expired does nothing and says so (`accepted` false)."""
+        order. An approval already decided, rejected or expired does nothing and says so (`accepted` false).
+        A workflow that keeps working after its order (a momentum exit watch, a VWAP schedule) comes back with
+        run status "running" after RESUME_WAIT_S (default 20 s); follow it with get_workflow_status."""
         try:
             return await overlay.runner.decide(
                 approval_id, decision, quantity=quantity, limit_price=limit_price, note=note

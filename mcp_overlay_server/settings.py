@@ -77,6 +77,12 @@ class OverlaySettings(BaseSettings):
         description="per workflow, e.g. 'price_alert=500,vwap_order=1000': proposals at or under that notional "
         "are approved without asking, in paper mode only (risk checks still apply)",
     )
+    resume_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        validation_alias=AliasChoices("RESUME_WAIT_S"),
+        description="approve_trade waits this long for the run; longer runs go on in the background",
+    )
     max_price_drift_pct: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("MAX_PRICE_DRIFT_PCT"))
 
     market_calendar: str = Field(

@@ -131,3 +131,25 @@ async def test_claude_decides_and_a_sell_answer_is_a_hold(
             assert run["status"] == "completed" and run["summary"].startswith("hold")
             assert "no short selling" in run["summary"]
     assert market.orders == []
+
+
+async def test_approval_returns_while_the_exit_watch_goes_on_in_the_background(tmp_path: Path) -> None:
+    market = make_market()
+    settings = settings_for(tmp_path, resume_wait_s=0.2)
+    async with open_overlay(settings, target=build_sim_server(market), run_poller=False) as overlay:
+        limits = overlay.risk.engine.limits.model_copy(update={"enabled_strategies": STRATEGIES})
+        await overlay.risk.set_limits(limits)
+        async with Client(build_server(overlay)) as client:
+            run = await start(client, monitor_interval_s=0.05, max_polls=100_000)
+            decision = await call(client, "approve_trade", approval_id=run["pending_approval_id"], decision="approve")
+            assert decision["accepted"] and decision["run"]["status"] == "running"
+            assert [o.side for o in market.orders] == ["BUY"]
+
+            market.set_price("AAPL", "194.50")
+            with anyio.fail_after(20):
+                while True:
+                    status = await call(client, "get_workflow_status", workflow_id=run["workflow_id"])
+                    if status["status"] == "completed":
+                        break
+                    await anyio.sleep(0.05)
+    assert [(o.side, o.status) for o in market.orders] == [("BUY", "Filled"), ("SELL", "Filled")]

@@ -88,22 +88,25 @@ async def test_broker_refusing_the_order_places_none_and_says_why(overlay: Overl
 async def test_a_crash_between_sent_and_recorded_is_reconciled_at_restart(
     tmp_path: Path, market: MarketSimulator
 ) -> None:
-    async with open_worker(tmp_path, market) as first:
-        await fire_aapl_trigger(first, market)
-        approval_id = await pending_approval_id(first)
-        record_order = first.store.update_order
+    with pytest.RaisesGroup(SimulatedCrash, flatten_subgroups=True):
+        async with open_worker(tmp_path, market) as first:
+            await fire_aapl_trigger(first, market)
+            approval_id = await pending_approval_id(first)
+            record_order = first.store.update_order
 
-        async def crash_once_sent(client_order_id: str, **changes: Any) -> None:
-            if changes.get("status") == "submitted":
-                raise SimulatedCrash
-            await record_order(client_order_id, **changes)
+            async def crash_once_sent(client_order_id: str, **changes: Any) -> None:
+                if changes.get("status") == "submitted":
+                    raise SimulatedCrash
+                await record_order(client_order_id, **changes)
 
-        first.store.update_order = crash_once_sent  # type: ignore[method-assign]
-        with pytest.raises(SimulatedCrash):
+            first.store.update_order = crash_once_sent  # type: ignore[method-assign]
             await first.runner.decide(approval_id, "approve")
-        assert len(market.orders) == 1
-        [stuck] = await first.store.orders()
-        assert stuck.status == "sent"
+            await anyio.sleep_forever()
+    assert len(market.orders) == 1
+    store = WorkflowStore(make_engine(settings_for(tmp_path).workflows_db_url))
+    [stuck] = await store.orders()
+    await store.close()
+    assert stuck.status == "sent"
 
     async with open_worker(tmp_path, market) as second:
         [record] = await second.store.orders()

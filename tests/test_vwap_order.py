@@ -109,7 +109,7 @@ async def test_restart_in_the_approval_wait_then_slices_once(tmp_path: Path) -> 
 
 async def test_restart_in_the_middle_of_the_schedule_places_each_slice_once(tmp_path: Path) -> None:
     market = moving_market()
-    params = {"request": "buy $2000 of AAPL over 5 min in 5 slices", "slice_interval_s": 0.3}
+    params = {"request": "buy $2000 of AAPL over 5 min in 5 slices", "slice_interval_s": 1.0}
     async with opened(tmp_path, market) as overlay:
         await enable_vwap(overlay)
         run = await overlay.runner.start("vwap_order", params=params)

@@ -30,6 +30,8 @@ class TradingSettings:
     approval_ttl_s: float = 300.0
     max_order_notional_usd: float = 5000.0
     max_price_drift_pct: float = 1.0
+    resume_wait_s: float = 20.0
+    """How long approve_trade waits for the run to finish before reporting it as still running."""
     auto_approve_under_usd: Mapping[str, float] = field(default_factory=dict)
     """Per workflow: proposals at or under this notional are approved without asking (paper mode only)."""
 

@@ -122,6 +122,8 @@ class WorkflowRunner:
     ) -> None:
         self.deps = deps
         self.worker_name = worker_name
+        self.background: anyio.abc.TaskGroup | None = None
+        """Set by the app: resumed runs that outlast `resume_wait_s` continue in this task group."""
         self._graphs = {
             name: build(deps).compile(checkpointer=checkpointer) for name, build in (graphs or GRAPHS).items()
         }
@@ -419,5 +421,29 @@ class WorkflowRunner:
                 f"run {run.workflow_id} is not waiting for approval {approval.approval_id} (waiting for "
                 f"{sorted(waiting_for) or 'nothing'}); nothing was done"
             )
-        await self._advance(run.workflow, run.workflow_id, Command(resume=resume))
+        await self._advance_in_background(run.workflow, run.workflow_id, Command(resume=resume))
         return await self.status(run.workflow_id)
+
+    async def _advance_in_background(self, workflow: str, workflow_id: str, graph_input: Any) -> None:
+        """Resume a graph; wait for it at most `resume_wait_s`. A run that keeps going after that (a momentum
+        trade watching for its exit, a VWAP schedule) goes on in the background and the caller reports it as
+        still running; an error within the wait is raised to the caller as before."""
+        if self.background is None:
+            await self._advance(workflow, workflow_id, graph_input)
+            return
+        finished = anyio.Event()
+        failure: list[WorkflowError] = []
+
+        async def advance() -> None:
+            try:
+                await self._advance(workflow, workflow_id, graph_input)
+            except WorkflowError as exc:
+                failure.append(exc)
+            finally:
+                finished.set()
+
+        self.background.start_soon(advance)
+        with anyio.move_on_after(self.deps.trading.resume_wait_s):
+            await finished.wait()
+        if failure:
+            raise failure[0]
