@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from broker.sim.prices import load_bars_csv
 from mcp_overlay_server.settings import OverlaySettings
 from poller.triggers import TriggerSpec
+from replay.claude_reviewer import ClaudeReviewer
 from replay.engine import ReplayConfig, ReplayError, run_replay, workflow_of
 from replay.market import parse_commission
 from replay.policy import ApprovalPolicy
@@ -223,14 +224,18 @@ async def suggest(
     settings: OverlaySettings,
     *,
     history: str,
-    reviewer: OfflineReviewer | None = None,
+    reviewer: OfflineReviewer | ClaudeReviewer | None = None,
 ) -> tuple[SuggestionSet, list[StrategySuggestion]]:
     """Replay as things are, review, and replay each proposed change on the same bars."""
     reviewer = reviewer or OfflineReviewer()
     baseline_config = replace(config, risk_limits=limits)
     baseline = await run_replay(baseline_config, settings)
     suggestions = []
-    for change in reviewer.review(baseline, list(config.triggers), limits):
+    if isinstance(reviewer, OfflineReviewer):
+        changes = reviewer.review(baseline, list(config.triggers), limits)
+    else:
+        changes = await reviewer.review(baseline, list(config.triggers), limits)
+    for change in changes:
         triggers, changed_limits = with_change(config.triggers, limits, change)
         after = await run_replay(replace(config, triggers=triggers, risk_limits=changed_limits), settings)
         suggestion_id = f"sugg-{uuid.uuid4().hex[:10]}"
@@ -288,6 +293,19 @@ class SuggestionError(Exception):
     """A suggestion cannot be made or decided; the message says what to do."""
 
 
+def reviewer_for(overlay: Overlay) -> OfflineReviewer | ClaudeReviewer:
+    """Claude when an API key is configured (within the same daily budget as the analyst), else the rules."""
+    settings = overlay.settings
+    if settings.anthropic_api_key is None:
+        return OfflineReviewer()
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key.get_secret_value())
+    return ClaudeReviewer(
+        client, usage=overlay.usage, model=settings.claude_model, daily_budget_usd=settings.claude_daily_budget_usd
+    )
+
+
 async def suggest_for_overlay(
     overlay: Overlay,
     data_path: Path,
@@ -317,7 +335,11 @@ async def suggest_for_overlay(
     )
     try:
         result, suggestions = await suggest(
-            config, overlay.risk.engine.limits, overlay.settings, history=str(data_path)
+            config,
+            overlay.risk.engine.limits,
+            overlay.settings,
+            history=str(data_path),
+            reviewer=reviewer_for(overlay),
         )
     except ReplayError as exc:
         raise SuggestionError(str(exc)) from exc

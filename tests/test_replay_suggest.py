@@ -3,22 +3,30 @@ attribution by trigger on live (simulated paper) history."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import respx
 from mcp import Client
 
 from broker.sim.market import MarketSimulator, StartingPosition
-from broker.sim.prices import WalkSettings
+from broker.sim.prices import WalkSettings, load_bars_csv
 from broker.sim.server import build_sim_server
 from mcp_overlay_server.app import Overlay, open_overlay
 from mcp_overlay_server.server import build_server
 from mcp_overlay_server.settings import OverlaySettings
 from poller.config import PollerConfig
 from poller.triggers import TriggerSpec
+from replay.claude_reviewer import ClaudeReviewer
+from replay.engine import ReplayConfig
+from replay.policy import ApprovalPolicy
+from replay.suggest import suggest
+from tests.anthropic_mock import MESSAGES_URL, message_json, mock_anthropic_client, without_retry_backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +135,52 @@ async def test_performance_report_attributes_live_fills_to_their_trigger(
     assert report["drawdown"]["max_drawdown_usd"] == "0"
     assert [point["exposure_usd"] for point in report["exposure"]] == [0.0]
     assert report["claude"] == {"calls": 0, "cost_usd": 0.0, "by_workflow": {}}
+
+
+async def test_claude_reviews_outcomes_and_only_usable_changes_are_replayed(
+    overlay: Overlay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_retry_backoff(monkeypatch)
+    answer = {
+        "changes": [
+            {"kind": "trigger_condition", "target": "deep dip", "after": "price < 99", "reason": "never fired"},
+            {"kind": "trigger_condition", "target": "no such trigger", "after": "price < 1", "reason": "bogus"},
+            {"kind": "risk_limit", "target": "enabled_strategies", "after": 1, "reason": "not tunable"},
+            {"kind": "trigger_cooldown", "target": "take profit", "after": 3600, "reason": "fires too often"},
+        ][:3]
+    }
+    config = ReplayConfig(
+        bars=load_bars_csv(HAND_CSV, "AAPL"), triggers=POLLER.triggers, policy=ApprovalPolicy.parse("all")
+    )
+    with respx.mock(assert_all_called=False) as router:
+        route = router.post(MESSAGES_URL).mock(
+            return_value=httpx.Response(200, json=message_json(json.dumps(answer), thinking=""))
+        )
+        reviewer = ClaudeReviewer(mock_anthropic_client(router), usage=overlay.usage)
+        result, suggestions = await suggest(
+            config, overlay.risk.engine.limits, overlay.settings, history="hand", reviewer=reviewer
+        )
+        sent = json.loads(route.calls.last.request.content)
+    assert result.reviewer == "claude"
+    assert [(s.change.target, s.change.after) for s in suggestions] == [("deep dip", "price < 99")]
+    [suggestion] = suggestions
+    assert suggestion.before.trades == 0 and suggestion.after.trades >= 1
+    assert "<market_data>" in sent["messages"][0]["content"]
+    assert (await overlay.usage.by_workflow())[0].workflow == "strategy_review"
+
+
+async def test_an_unusable_claude_review_falls_back_to_the_offline_rules(
+    overlay: Overlay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_retry_backoff(monkeypatch)
+    config = ReplayConfig(
+        bars=load_bars_csv(HAND_CSV, "AAPL"), triggers=POLLER.triggers, policy=ApprovalPolicy.parse("all")
+    )
+    with respx.mock(assert_all_called=False) as router:
+        router.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=message_json("not json", thinking="")))
+        reviewer = ClaudeReviewer(mock_anthropic_client(router), usage=overlay.usage)
+        result, suggestions = await suggest(
+            config, overlay.risk.engine.limits, overlay.settings, history="hand", reviewer=reviewer
+        )
+    assert result.reviewer.startswith("offline (Claude unavailable")
+    assert [s.change.target for s in suggestions] == ["deep dip"]
