@@ -9,6 +9,7 @@ from pathlib import Path
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 POSTGRES_POOL_SIZE = 4
+SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 def _is_postgres(url: str) -> bool:
@@ -52,5 +53,8 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     async with AsyncSqliteSaver.from_conn_string(path) as saver:
+        # Another process (or a previous run still closing) may hold the write lock for a moment: wait for
+        # it instead of failing the step with "database is locked".
+        await saver.conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         await saver.setup()
         yield saver

@@ -18,7 +18,7 @@ from broker.models import OrderTicket
 from workflows.deps import WorkflowDeps
 from workflows.execution import client_order_id, place_once
 from workflows.models import OrderIntent, Proposal, Recommendation, RiskDecision
-from workflows.store import Approval, utc_now
+from workflows.store import Approval, OrderRecord, utc_now
 
 
 class TradeState(TypedDict, total=False):
@@ -170,24 +170,34 @@ def ticket_for(state: State) -> OrderTicket:
     )
 
 
+async def place_and_audit(
+    deps: WorkflowDeps, workflow: str, state: State, ticket: OrderTicket, **audit_fields: Any
+) -> OrderRecord:
+    """Place `ticket` once (see execution.place_once) under the run's approval, and audit the outcome."""
+    record = await place_once(
+        deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
+    )
+    await deps.audit.append(
+        "trade_executed" if record.status == "filled" else "order_submitted",
+        workflow=workflow,
+        workflow_id=state["workflow_id"],
+        symbol=record.symbol,
+        action=record.side,
+        quantity=record.filled_quantity or record.quantity,
+        price=record.avg_fill_price,
+        order_id=record.broker_order_id,
+        client_order_id=record.client_order_id,
+        **audit_fields,
+    )
+    return record
+
+
 def make_execute(deps: WorkflowDeps, workflow: str) -> Node:
     async def execute(state: State) -> State:
         ticket = ticket_for(state)
         await deps.store.update_run(state["workflow_id"], status="running")
-        record = await place_once(
-            deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
-        )
-        await deps.audit.append(
-            "trade_executed" if record.status == "filled" else "order_submitted",
-            workflow=workflow,
-            workflow_id=state["workflow_id"],
-            symbol=record.symbol,
-            action=record.side,
-            quantity=record.filled_quantity or record.quantity,
-            price=record.avg_fill_price,
-            order_id=record.broker_order_id,
-            client_order_id=record.client_order_id,
-            claude_reasoning=(state.get("recommendation") or {}).get("rationale"),
+        record = await place_and_audit(
+            deps, workflow, state, ticket, claude_reasoning=(state.get("recommendation") or {}).get("rationale")
         )
         fill = f" at ${record.avg_fill_price:,.2f}" if record.avg_fill_price else ""
         return {

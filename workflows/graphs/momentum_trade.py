@@ -26,7 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from broker.models import OrderTicket
 from workflows.analyst import AnalysisRequest, crossing_direction
 from workflows.deps import WorkflowDeps
-from workflows.execution import client_order_id, place_once
+from workflows.execution import client_order_id
 from workflows.graphs.common import (
     TradeState,
     after_approval,
@@ -37,6 +37,7 @@ from workflows.graphs.common import (
     make_execute,
     make_propose,
     make_record,
+    place_and_audit,
 )
 from workflows.graphs.position_monitor import ExitCriteria, remember_entry
 from workflows.models import OrderIntent, Recommendation
@@ -243,21 +244,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
             order_type="MKT",
             client_order_id=f"{client_order_id(state['approval_id'])}-exit",
         )
-        record = await place_once(
-            deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
-        )
-        await deps.audit.append(
-            "trade_executed" if record.status == "filled" else "order_submitted",
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=record.symbol,
-            action=record.side,
-            quantity=record.filled_quantity or record.quantity,
-            price=record.avg_fill_price,
-            order_id=record.broker_order_id,
-            client_order_id=record.client_order_id,
-            exit_reason=state.get("exit_reason"),
-        )
+        record = await place_and_audit(deps, WORKFLOW, state, ticket, exit_reason=state.get("exit_reason"))
         pnl = ""
         if record.avg_fill_price and entry.get("avg_fill_price"):
             pnl_usd = (record.avg_fill_price - entry["avg_fill_price"]) * record.quantity

@@ -26,7 +26,7 @@ from broker.errors import BrokerError
 from broker.market_data import HistoryBar, history_bars, vwap
 from broker.models import OrderTicket
 from workflows.deps import WorkflowDeps
-from workflows.execution import client_order_id, place_once
+from workflows.execution import client_order_id
 from workflows.graphs.common import (
     TradeState,
     after_approval,
@@ -36,6 +36,7 @@ from workflows.graphs.common import (
     make_check_risk,
     make_propose,
     make_record,
+    place_and_audit,
 )
 from workflows.graphs.position_monitor import ExitCriteria, remember_entry
 from workflows.models import OrderIntent, Recommendation
@@ -242,21 +243,7 @@ def build(deps: WorkflowDeps, *, parser: OrderRequestParser | None = None) -> St
             limit_price=limit_price,
             client_order_id=coid,
         )
-        record = await place_once(
-            deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
-        )
-        await deps.audit.append(
-            "trade_executed" if record.status == "filled" else "order_submitted",
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=record.symbol,
-            action=record.side,
-            quantity=record.filled_quantity or record.quantity,
-            price=record.avg_fill_price,
-            order_id=record.broker_order_id,
-            client_order_id=record.client_order_id,
-            slice=index,
-        )
+        record = await place_and_audit(deps, WORKFLOW, state, ticket, slice=index)
         fill = {
             "slice": index,
             "client_order_id": record.client_order_id,
