@@ -30,6 +30,7 @@ def overlay_settings(data_dir: Path) -> OverlaySettings:
         anthropic_api_key=None,
         max_order_notional_usd=10_000,
         ib_pacing="off",
+        scan_cron=None,
     )
 
 

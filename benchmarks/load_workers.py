@@ -150,6 +150,7 @@ def _worker_env(name: str, database_url: str, sim_url: str, prefix: str, token: 
         OVERLAY_DATA_DIR=str(data_dir / name),
         APPROVAL_TTL_S="3600",
         MAX_ORDER_NOTIONAL_USD="100000",
+        SCAN_CRON="",
     )
     return env
 
@@ -192,7 +193,11 @@ async def run_load(
     python = sys.executable
     with throwaway_database() as database_url, tempfile.TemporaryDirectory(prefix="overlay-load-") as folder:
         data_dir = Path(folder)
-        sim_args = [python, "-m", "broker.sim", "--port", "0", "--symbols", "AAPL", "--position", "AAPL=100000@150"]
+        # A still market: this measures the workers, and approvals minutes later must not drift into re-proposals.
+        sim_args = [
+            *(python, "-m", "broker.sim", "--port", "0", "--symbols", "AAPL", "--position", "AAPL=100000@150"),
+            *("--tick-interval", "0"),
+        ]
         async with _process(sim_args, dict(os.environ), url_on="stdout") as (_, sim_url):
             names = [f"w{i + 1}" for i in range(workers)]
             async with _workers(names, database_url, sim_url, prefix, token, data_dir) as running:
