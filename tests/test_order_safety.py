@@ -24,7 +24,7 @@ from mcp_overlay_server.app import Overlay, open_overlay
 from poller.events import TriggerEvent
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
 from workflows.execution import place_once, reconcile_ledger
-from workflows.runner import WorkflowError
+from workflows.runner import DecisionResult, WorkflowError
 from workflows.store import WorkflowStore, make_engine
 
 pytestmark = pytest.mark.anyio
@@ -117,18 +117,23 @@ async def test_a_crash_between_sent_and_recorded_is_reconciled_at_restart(
     assert len(market.orders) == 1
 
 
+async def approve_at_once(workers: list[Overlay], approval_id: str) -> list[DecisionResult]:
+    """Every worker approves the same proposal concurrently."""
+    results: list[DecisionResult] = []
+
+    async def approve(worker: Overlay) -> None:
+        results.append(await worker.runner.decide(approval_id, "approve"))
+
+    async with anyio.create_task_group() as tasks:
+        for worker in workers:
+            tasks.start_soon(approve, worker)
+    return results
+
+
 async def test_two_workers_approving_at_once_place_one_order(tmp_path: Path, market: MarketSimulator) -> None:
     async with open_worker(tmp_path, market) as one, open_worker(tmp_path, market) as two:
         await fire_aapl_trigger(one, market)
-        approval_id = await pending_approval_id(one)
-        results = []
-
-        async def approve(worker: Overlay) -> None:
-            results.append(await worker.runner.decide(approval_id, "approve"))
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(approve, one)
-            tasks.start_soon(approve, two)
+        results = await approve_at_once([one, two], await pending_approval_id(one))
 
     assert sorted(r.accepted for r in results) == [False, True]
     assert len(market.orders) == 1

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from broker.sim.market import MarketSimulator
 from broker.sim.server import build_sim_server
-from mcp_overlay_server.app import Overlay, open_overlay
+from mcp_overlay_server.app import open_overlay
+from tests.test_order_safety import approve_at_once, pending_approval_id
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -23,15 +23,6 @@ def open_worker(tmp_path: Path, market: MarketSimulator, database_url: str) -> A
         target=build_sim_server(market),
         run_poller=False,
     )
-
-
-async def pending_approval_id(overlay: Overlay) -> str:
-    with anyio.fail_after(10):
-        while True:
-            pending = await overlay.runner.pending()
-            if pending:
-                return pending[0].approval_id
-            await anyio.sleep(0.02)
 
 
 async def test_an_approval_given_to_another_worker_resumes_the_run(tmp_path: Path, postgres_url: str) -> None:
@@ -53,14 +44,6 @@ async def test_two_workers_approving_at_once_place_one_order(tmp_path: Path, pos
         open_worker(tmp_path / "b", market, postgres_url) as two,
     ):
         await fire_aapl_trigger(one, market)
-        approval_id = await pending_approval_id(one)
-        results = []
-
-        async def approve(worker: Overlay) -> None:
-            results.append(await worker.runner.decide(approval_id, "approve"))
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(approve, one)
-            tasks.start_soon(approve, two)
+        results = await approve_at_once([one, two], await pending_approval_id(one))
     assert sorted(r.accepted for r in results) == [False, True]
     assert len(market.orders) == 1
