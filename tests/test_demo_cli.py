@@ -173,10 +173,14 @@ def test_sigterm_shuts_the_http_server_down_cleanly(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert process.stderr is not None
-    for line in process.stderr:
-        if "overlay MCP server on" in line:
-            break
-    process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=30)
+    try:
+        for line in process.stderr:
+            if "overlay MCP server on" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert process.returncode == 0, rest
     assert "received SIGTERM: shutting down" in rest
