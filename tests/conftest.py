@@ -1,4 +1,7 @@
+import asyncio
+import asyncio.runners
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -23,3 +26,26 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+LEFTOVER_TASK_GRACE_S = 10.0
+
+
+def _cancel_leftover_tasks_with_a_deadline(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio.Runner.close() cancels the tasks a test left behind and waits for them without limit. Rarely
+    (seen twice in CI, never reproduced on demand; see the session note) one never finishes and the whole run
+    hangs. Wait LEFTOVER_TASK_GRACE_S, then print the stragglers' stacks so the culprit is visible, and go on."""
+    leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return
+    waiting = asyncio.gather(*leftovers, return_exceptions=True)
+    loop.run_until_complete(asyncio.wait([waiting], timeout=LEFTOVER_TASK_GRACE_S))
+    stuck = [task for task in leftovers if not task.done()]
+    for task in stuck:
+        print(f"\nconftest: task still running {LEFTOVER_TASK_GRACE_S:g} s after cancel: {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+asyncio.runners._cancel_all_tasks = _cancel_leftover_tasks_with_a_deadline  # type: ignore[attr-defined]
