@@ -25,7 +25,7 @@ from poller.events import TriggerEvent
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
 from workflows.execution import place_once, reconcile_ledger
 from workflows.runner import DecisionResult, WorkflowError
-from workflows.store import WorkflowStore, make_engine
+from workflows.store import WorkflowRun, WorkflowStore, make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -280,3 +280,17 @@ async def test_a_proposal_over_the_auto_approve_threshold_still_waits(tmp_path: 
 
 def aapl_alert() -> TriggerEvent:
     return TriggerEvent(trigger_name="AAPL price alert", symbol="AAPL", price=200.4, condition="price > 200")
+
+
+async def test_a_redelivered_event_whose_worker_died_before_the_first_step_is_run(
+    overlay: Overlay, market: MarketSimulator
+) -> None:
+    event = aapl_alert()
+    await overlay.store.create_run(
+        WorkflowRun(
+            workflow_id="price_alert-orphan", workflow="price_alert", symbol="AAPL", trigger_event_id=event.event_id
+        )
+    )
+    run = await overlay.runner.handle_event(event, redelivered=True)
+    assert run is not None and run.workflow_id == "price_alert-orphan"
+    assert run.status == "awaiting_approval" and run.pending_approval_id == "price_alert-orphan-a1"

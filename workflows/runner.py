@@ -186,16 +186,20 @@ class WorkflowRunner:
             return None
         try:
             if redelivered and (run := await self.deps.store.run_for_event(event.event_id)) is not None:
-                return await self._continue_abandoned(run)
+                return await self._continue_abandoned(run, event)
             return await self.start(workflow, event=event)
         except WorkflowError as exc:
             log.warning("trigger %s: %s", event.trigger_name, exc)
             return None
 
-    async def _continue_abandoned(self, run: WorkflowRun) -> RunView:
+    async def _continue_abandoned(self, run: WorkflowRun, event: TriggerEvent) -> RunView:
         if run.status in ("running", "awaiting_approval") and run.workflow in self._graphs:
             snapshot = await self._snapshot(run.workflow, run.workflow_id)
-            if snapshot.next and not snapshot.interrupts:
+            if not snapshot.values:
+                # The worker died after recording the run and before the graph's first checkpoint.
+                graph_input = {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
+                await self._advance(run.workflow, run.workflow_id, graph_input)
+            elif snapshot.next and not snapshot.interrupts:
                 await self._advance(run.workflow, run.workflow_id, None)
         return await self.status(run.workflow_id)
 
