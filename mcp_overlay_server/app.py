@@ -205,7 +205,7 @@ async def open_overlay(
             allowed_accounts=list(settings.ib_account_ids),
         )
         risk = BrokerRiskGate(RiskEngine(limits), broker, store, trading, clock=market_clock(settings.market_calendar))
-        await risk.load(store)
+        await risk.load()
         checkpointer = await stack.enter_async_context(open_checkpointer(settings.checkpoint_url))
         deps = WorkflowDeps(broker=broker, store=store, analyst=analyst, risk=risk, audit=audit, trading=trading)
         ranker, request_parser = build_desk(

@@ -54,9 +54,9 @@ class BrokerRiskGate:
         self.price_history = price_history
         self.state = TradingState.ACTIVE
 
-    async def load(self, store: WorkflowStore) -> None:
+    async def load(self) -> None:
         """Apply limits and the trading state saved by an earlier run (set_risk_limits, kill_switch)."""
-        saved = await store.preferences()
+        saved = await self.store.preferences()
         if LIMITS_KEY in saved:
             self.engine = RiskEngine(RiskLimits.model_validate(saved[LIMITS_KEY]))
         if STATE_KEY in saved:
@@ -71,7 +71,7 @@ class BrokerRiskGate:
         await self.store.set_preference(STATE_KEY, state.value)
 
     async def context(self, account_id: str) -> RiskContext:
-        await self.load(self.store)  # another worker may have changed the limits or pulled the kill switch
+        await self.load()  # another worker may have changed the limits or pulled the kill switch
         now = utc_now()
         summary = await self.broker.account_summary(account_id)
         positions = [p for p in await self.broker.positions(account_id) if p.asset_class == "STK"]

@@ -47,6 +47,21 @@ Node = Callable[[Any], Awaitable[Any]]
 RUN_STATUS_BY_OUTCOME = {"filled": "completed", "submitted": "completed", "hold": "completed", "denied": "denied"}
 
 
+async def audit_recommendation(deps: WorkflowDeps, workflow: str, state: State, recommendation: Recommendation) -> None:
+    """The analyst's answer in the audit log, in the seed's log shape."""
+    await deps.audit.append(
+        "analysis",
+        workflow=workflow,
+        workflow_id=state["workflow_id"],
+        symbol=state["symbol"],
+        action=recommendation.action.upper(),
+        quantity=recommendation.quantity,
+        price=state["price"],
+        claude_reasoning=recommendation.rationale,
+        source=recommendation.source,
+    )
+
+
 def make_check_risk(deps: WorkflowDeps, workflow: str) -> Node:
     """Risk-check `state["intent"]`; no intent means the analyst said hold."""
 

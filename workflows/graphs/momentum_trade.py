@@ -32,6 +32,7 @@ from workflows.graphs.common import (
     after_approval,
     after_propose,
     after_risk,
+    audit_recommendation,
     await_approval,
     make_check_risk,
     make_execute,
@@ -140,17 +141,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
                 f"({recommendation.rationale})",
                 source=recommendation.source,
             )
-        await deps.audit.append(
-            "analysis",
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=state["symbol"],
-            action=recommendation.action.upper(),
-            quantity=recommendation.quantity,
-            price=state["price"],
-            claude_reasoning=recommendation.rationale,
-            source=recommendation.source,
-        )
+        await audit_recommendation(deps, WORKFLOW, state, recommendation)
         if recommendation.action == "hold" or recommendation.quantity < 1:
             return {"recommendation": recommendation.model_dump(), "intent": None}
         intent = OrderIntent(

@@ -19,6 +19,7 @@ from workflows.graphs.common import (
     after_approval,
     after_propose,
     after_risk,
+    audit_recommendation,
     await_approval,
     make_check_risk,
     make_execute,
@@ -95,17 +96,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
             max_order_notional_usd=deps.trading.max_order_notional_usd,
         )
         recommendation = await deps.analyst.recommend(request)
-        await deps.audit.append(
-            "analysis",
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=state["symbol"],
-            action=recommendation.action.upper(),
-            quantity=recommendation.quantity,
-            price=state["price"],
-            claude_reasoning=recommendation.rationale,
-            source=recommendation.source,
-        )
+        await audit_recommendation(deps, WORKFLOW, state, recommendation)
         intent = intent_from(recommendation, state["symbol"], state["price"])
         return {"recommendation": recommendation.model_dump(), "intent": intent.model_dump() if intent else None}
 
