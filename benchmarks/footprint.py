@@ -5,9 +5,10 @@
   The median of `--starts` alternating starts each.
 - RSS: `python -m benchmarks.embedded_demo` (simulated IB_MCP + overlay + poller + HTTP in one process)
   polling 50 symbols every second for `--duration-s` (default 60 s; `--duration-s 600` gives the issue's
-  10-minute figure), VmRSS from /proc; against the bare server's idle RSS. Growth per day of RSS and of the
-  SQLite files is extrapolated linearly from the slope over the second half of the run, and compared
-  with the 2 GB container limit of the Raspberry Pi compose file.
+  10-minute figure), VmRSS from /proc; against the bare server's idle RSS. Then the same again with the
+  simulator in a process of its own (info: the overlay's own memory, as beside the real IB_MCP). Growth per
+  day of RSS and of the SQLite files is extrapolated linearly from the slope over the second half of the run,
+  and compared with the 2 GB container limit of the Raspberry Pi compose file.
 
     python -m benchmarks.footprint [--starts 3] [--duration-s 60] [--symbols 50]
 """
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
@@ -119,14 +121,33 @@ async def bare_idle_rss_mb(settle_s: float) -> float:
         await _stop(process)
 
 
-async def measure_embedded(duration_s: float, settle_s: float, symbols: int) -> dict[str, Any]:
+async def _start_sim(symbols: int, data_dir: Path) -> tuple[Process, str]:
+    """The footprint's simulated IB_MCP in a process of its own; (process, its URL)."""
+    process = await anyio.open_process(
+        [PYTHON, "-m", "benchmarks.embedded_demo", "--sim-only", "--symbols", str(symbols)],
+        env=subprocess_env(data_dir),
+        cwd=str(data_dir),
+    )
+    ready = re.search(r"ready (\S+)", await _wait_ready(process))
+    if ready is None:
+        await _stop(process)
+        raise RuntimeError("the simulated IB_MCP did not say where it listens")
+    return process, ready.group(1)
+
+
+async def measure_embedded(
+    duration_s: float, settle_s: float, symbols: int, *, separate_sim: bool = False
+) -> dict[str, Any]:
+    """The embedded demo's RSS and SQLite files over `duration_s`; with `separate_sim`, the overlay's own
+    (the simulated IB_MCP runs in another process, as the real IB_MCP does) and the simulator's RSS at the end."""
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         data_dir = Path(tmp)
-        process = await anyio.open_process(
-            [PYTHON, "-m", "benchmarks.embedded_demo", "--data-dir", tmp, "--symbols", str(symbols)],
-            env=subprocess_env(data_dir),
-            cwd=tmp,
-        )
+        command = [PYTHON, "-m", "benchmarks.embedded_demo", "--data-dir", tmp, "--symbols", str(symbols)]
+        sim: Process | None = None
+        if separate_sim:
+            sim, url = await _start_sim(symbols, data_dir)
+            command += ["--broker-url", url]
+        process = await anyio.open_process(command, env=subprocess_env(data_dir), cwd=tmp)
         try:
             await _wait_ready(process)
             started = time.monotonic()
@@ -136,8 +157,11 @@ async def measure_embedded(duration_s: float, settle_s: float, symbols: int) -> 
                 await anyio.sleep(min(SAMPLE_EVERY_S, max(0.0, duration_s - elapsed)))
             samples.append((time.monotonic() - started, rss_mb(process.pid), sqlite_bytes(data_dir)))
             files = sqlite_files(data_dir)
+            sim_rss_mb = rss_mb(sim.pid) if sim else None
         finally:
             await _stop(process)
+            if sim is not None:
+                await _stop(sim)
     # Growth is the slope over the second half of the run (and never the settling start), where caches that
     # fill once (price cache, interned objects, connection pools) weigh least.
     steady_from_s = max(settle_s, samples[-1][0] / 2)
@@ -153,6 +177,7 @@ async def measure_embedded(duration_s: float, settle_s: float, symbols: int) -> 
         "sqlite_growth_mb_per_day": (db1 - db0) / MB / span_s * SECONDS_PER_DAY,
         "span_s": span_s,
         "files": files,
+        "sim_rss_end_mb": sim_rss_mb,
     }
 
 
@@ -170,6 +195,7 @@ async def run(
 ) -> list[Figure]:
     overlay_s, bare_s = await measure_cold_start(starts)
     embedded = await measure_embedded(duration_s, settle_s, symbols)
+    alone = await measure_embedded(duration_s, settle_s, symbols, separate_sim=True)
     bare_rss = await bare_idle_rss_mb(bare_settle_s)
     minutes = embedded["duration_s"] / 60
     return [
@@ -181,7 +207,7 @@ async def run(
             "ratio",
             COLD_START_TARGET_RATIO,
             f"median of {starts}: `serve --demo` {', '.join(f'{s:.2f}' for s in overlay_s)} s; bare "
-            f"{', '.join(f'{s:.2f}' for s in bare_s)} s",
+            f"{', '.join(f'{s:.2f}' for s in bare_s)} s; the overlay opens in the background after `initialize`",
         ),
         Figure(
             f"embedded demo RSS after {minutes:.1f} min, {symbols} sym",
@@ -192,6 +218,15 @@ async def run(
             RSS_TARGET_MB,
             f"peak {embedded['rss_peak_mb']:.1f} MB; baseline = idle bare mcp server; the issue's figure is after "
             f"10 min (`--duration-s 600`)",
+        ),
+        Figure(
+            f"overlay alone RSS after {alone['duration_s'] / 60:.1f} min, {symbols} sym",
+            "MB",
+            alone["rss_end_mb"],
+            bare_rss,
+            note=f"the same demo with the simulated IB_MCP in a process of its own ({alone['sim_rss_end_mb']:.1f} MB "
+            f"at the end), as the real IB_MCP runs; peak {alone['rss_peak_mb']:.1f} MB, growth over the second half "
+            f"{alone['rss_growth_mb_per_day']:,.0f} MB/day extrapolated",
         ),
         Figure(
             "embedded demo RSS growth per day (extrapolated)",
@@ -207,8 +242,9 @@ async def run(
             note=f"{embedded['sqlite_end_mb']:.2f} MB at the end ("
             + ", ".join(f"{name} {size / 1024:,.0f} KiB" for name, size in sorted(embedded["files"].items()))
             + f"); {_days_to_limit(embedded['sqlite_end_mb'], embedded['sqlite_growth_mb_per_day'])} if it kept "
-            "growing linearly, but the price cache keeps 1,000 ticks per symbol (full after 1,000 polls) and "
-            "SQLite's auto-checkpoint caps a -wal file near 4 MiB, so a run shorter than ~20 min overstates it",
+            "growing linearly, but the price cache keeps 1,000 ticks per symbol (full after 1,000 polls), "
+            "SQLite's auto-checkpoint caps a -wal file near 4 MiB, and checkpoints of runs finished more than "
+            "CHECKPOINT_RETENTION_DAYS (7) ago are deleted, so a run shorter than ~20 min overstates it",
         ),
     ]
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import runpy
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from mcp_overlay_server.logging_setup import configure_logging
 from mcp_overlay_server.settings import OverlaySettings
+from mcp_overlay_server.startup import LazyOverlay, OverlayUnavailable, WaitForOverlay, open_in_background
 from poller.config import ConfigError, PollerConfig, load_config
+
+if TYPE_CHECKING:
+    from mcp_overlay_server.app import Overlay
 
 log = logging.getLogger("ib_overlay")
 
@@ -88,9 +95,26 @@ def _poller_config(path: Path | None) -> PollerConfig | None:
     return load_config(path) if path else None
 
 
-async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
+@asynccontextmanager
+async def _opened_overlay(
+    args: argparse.Namespace, settings: OverlaySettings, config: PollerConfig | None
+) -> AsyncIterator[Overlay]:
     from mcp_overlay_server.app import open_overlay
-    from mcp_overlay_server.http import build_http_app, load_or_create_token, serve_http
+
+    target = None
+    if args.demo:
+        from mcp_overlay_server.demo import demo_market, demo_poller_config, demo_sim_server
+
+        target = demo_sim_server(demo_market())
+        config = config or demo_poller_config()
+    async with open_overlay(settings, poller_config=config, target=target, run_poller=not args.no_poller) as overlay:
+        yield overlay
+
+
+async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> int:
+    """Serve MCP at once; the overlay opens in the background (tools wait for it). Over stdio a failed opening
+    is reported by every tool call; over HTTP (a supervised service) it stops the server with exit code 1."""
+    from mcp_overlay_server.app import preload_overlay_modules
     from mcp_overlay_server.server import build_server
 
     config = _poller_config(args.config or settings.poller_config)
@@ -98,14 +122,11 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
     # The exit stack closes outside the cancelled scope, so closing is not itself cancelled.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with AsyncExitStack() as stack:
-            target = None
-            if args.demo:
-                from mcp_overlay_server.demo import demo_market, demo_poller_config, demo_sim_server
-
-                target = demo_sim_server(demo_market())
-                config = config or demo_poller_config()
             overlay = await stack.enter_async_context(
-                open_overlay(settings, poller_config=config, target=target, run_poller=not args.no_poller)
+                open_in_background(
+                    partial(_opened_overlay, args, settings, config),
+                    preload=partial(preload_overlay_modules, ("mcp_overlay_server.demo",) if args.demo else ()),
+                )
             )
             server = build_server(overlay)
             if not args.http:
@@ -113,7 +134,9 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
                     tasks.start_soon(_cancel_on_signal, signals, tasks.cancel_scope)
                     await server.run_stdio_async()
                     tasks.cancel_scope.cancel()
-                return
+                return 0
+            from mcp_overlay_server.http import build_http_app, load_or_create_token, serve_http
+
             host = args.host or settings.http_host
             port = settings.http_port if args.port is None else args.port
             token = (
@@ -121,11 +144,21 @@ async def _serve(args: argparse.Namespace, settings: OverlaySettings) -> None:
                 if settings.http_token
                 else load_or_create_token(settings.token_file)
             )
-            app = build_http_app(overlay, server, token, host)
+            app = WaitForOverlay(build_http_app(overlay, server, token, host), overlay)
             url = await stack.enter_async_context(serve_http(app, host, port))
             print(f"overlay MCP server on {url} (bearer token in {settings.token_file})", file=sys.stderr, flush=True)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_cancel_on_signal, signals, tasks.cancel_scope)
+                tasks.start_soon(_cancel_if_opening_fails, overlay, tasks.cancel_scope)
+            return 0 if overlay.failure is None else 1
+
+
+async def _cancel_if_opening_fails(overlay: LazyOverlay, scope: anyio.CancelScope) -> None:
+    try:
+        await overlay.wait_open(math.inf)
+    except OverlayUnavailable as exc:
+        log.error("stopping: %s", exc)
+        scope.cancel()
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
@@ -234,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("overlay", log_dir=log_dir, verbose=args.verbose, json_stderr=args.log_format == "json")
     try:
         if args.command == "serve":
-            anyio.run(_serve, args, settings)
-            return 0
+            return anyio.run(_serve, args, settings)
         if args.command == "doctor":
             return anyio.run(_doctor, args, settings)
         if args.command == "audit":

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from mcp_overlay_server.context import build_context
 from mcp_overlay_server.notifications import CONTEXT_URI, PENDING_URI, SCANS_URI, TRIGGERS_URI
 from mcp_overlay_server.views import latest_scan, price_history, trigger_list
-from workflows.runner import PendingApproval, WorkflowError
+from workflows.run_types import PendingApproval, WorkflowError
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay

@@ -22,7 +22,7 @@ from mcp_overlay_server.health import HealthReport, check_health
 from mcp_overlay_server.metrics import CONTENT_TYPE, render_metrics
 from poller.bus import WEBHOOK_PATH
 from poller.events import TriggerEvent
-from workflows.runner import RunView, WorkflowError
+from workflows.run_types import RunView, WorkflowError
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from poller.triggers import TriggerSpec
-from workflows.runner import RunView
+from workflows.run_types import RunView
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay

@@ -45,7 +45,7 @@ from replay.sim_time_risk import SimulatedTimeRiskGate
 from workflows.graphs import GRAPHS
 from workflows.models import Proposal
 from workflows.risk import RiskLimits
-from workflows.runner import WorkflowError
+from workflows.run_types import WorkflowError
 
 DEFAULT_CASH_USD = Decimal(100_000)
 EVENT_BOUND_S = 60.0

@@ -58,3 +58,36 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         await saver.conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         await saver.setup()
         yield saver
+
+
+async def checkpoint_threads(saver: BaseCheckpointSaver) -> list[str]:
+    """The thread ids that have checkpoints (one per workflow run still kept)."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    if isinstance(saver, AsyncSqliteSaver):
+        async with saver.lock, saver.conn.execute("SELECT DISTINCT thread_id FROM checkpoints") as cursor:
+            return [str(row[0]) for row in await cursor.fetchall()]
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg_pool import AsyncConnectionPool
+
+    if not isinstance(saver, AsyncPostgresSaver):
+        raise TypeError(f"no thread listing for {type(saver).__name__}")
+    query = "SELECT DISTINCT thread_id FROM checkpoints"
+    if isinstance(saver.conn, AsyncConnectionPool):
+        async with saver.conn.connection() as conn:
+            rows = await (await conn.execute(query)).fetchall()
+    else:
+        async with saver.lock:
+            rows = await (await saver.conn.execute(query)).fetchall()
+    return [str(row["thread_id"] if isinstance(row, dict) else row[0]) for row in rows]
+
+
+async def compact_checkpoints(saver: BaseCheckpointSaver) -> None:
+    """After deleting threads: fold SQLite's write-ahead log into the database and truncate it to zero bytes
+    (the freed pages are reused by later checkpoints, so the file stops growing). PostgreSQL's autovacuum
+    does the same on its own."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    if isinstance(saver, AsyncSqliteSaver):
+        async with saver.lock:
+            await saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -23,7 +23,8 @@ from broker.errors import BrokerError
 from poller.events import TriggerEvent
 from workflows.graphs.market_scan import WORKFLOW as MARKET_SCAN
 from workflows.market_hours import NEW_YORK, MarketClock
-from workflows.runner import RunView, WorkflowError, WorkflowRunner
+from workflows.run_types import RunView, WorkflowError
+from workflows.runner import WorkflowRunner
 from workflows.store import utc_now
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,7 +26,7 @@ def to_cents(value: Decimal | float | int | str) -> Decimal:
     return max(price, MIN_PRICE_USD)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bar:
     ts_ms: int
     open: Decimal
@@ -90,7 +91,8 @@ class WalkSettings:
     """A geometric random walk: each step multiplies the price by (1 + drift + volatility * N(0, 1)).
 
     Each step is one bar of `bar_interval_s` of simulated time; `warmup_bars` bars of history precede the
-    start, so that indicators can be seeded from the history tool.
+    start, so that indicators can be seeded from the history tool. The latest `history_bars` bars are kept
+    (IB serves at most 1000 points per history request), so a long-running simulator does not grow.
     """
 
     start_price_usd: Decimal | None = None
@@ -98,6 +100,7 @@ class WalkSettings:
     drift_pct: float = 0.0
     bar_interval_s: int = 60
     warmup_bars: int = 500
+    history_bars: int = 1000
 
 
 class RandomWalk:
@@ -108,7 +111,9 @@ class RandomWalk:
         self._rng = rng
         self._interval_ms = settings.bar_interval_s * 1000
         start = to_cents(start_price_usd)
-        self._bars = self._warmup(start, start_ms)
+        self._bars: deque[Bar] = deque(
+            self._warmup(start, start_ms), maxlen=max(settings.warmup_bars, settings.history_bars) + 1
+        )
         opening = Bar(start_ms, start, start, start, start, self._step_volume())
         self._bars.append(opening)
         self._session = SessionStats.starting_with(opening, prior_close=start)

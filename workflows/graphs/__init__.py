@@ -1,19 +1,37 @@
-"""The workflow graphs the runner can start, by name. Each module has WORKFLOW and build(deps)."""
+"""The workflow graphs the runner can start, by name. Each module has WORKFLOW and build(deps).
+
+A graph module (and LangGraph with it) is imported the first time its builder is called, not when this
+package is imported: the MCP server lists its tools before any graph is needed.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from langgraph.graph import StateGraph
+if TYPE_CHECKING:
+    from langgraph.graph import StateGraph
 
-from workflows.deps import WorkflowDeps
-from workflows.graphs import covered_call, market_scan, momentum_trade, position_monitor, price_alert, vwap_order
+    from workflows.deps import WorkflowDeps
 
-GraphBuilder = Callable[[WorkflowDeps], StateGraph]
+GraphBuilder = Callable[["WorkflowDeps"], "StateGraph"]
 
-GRAPHS: dict[str, GraphBuilder] = {
-    price_alert.WORKFLOW: price_alert.build,
-    covered_call.WORKFLOW: covered_call.build,
-    momentum_trade.WORKFLOW: momentum_trade.build,
-    market_scan.WORKFLOW: market_scan.build,
-    vwap_order.WORKFLOW: vwap_order.build,
-    position_monitor.WORKFLOW: position_monitor.build,
-}
+# workflow name == module name under workflows/graphs (each module's WORKFLOW; tests check they agree)
+WORKFLOW_NAMES = ("price_alert", "covered_call", "momentum_trade", "market_scan", "vwap_order", "position_monitor")
+
+
+def graph_builder(workflow: str) -> Callable[..., StateGraph]:
+    """`workflow`'s build(deps, **options), importing its module on the first call."""
+    if workflow not in WORKFLOW_NAMES:
+        raise KeyError(f"no workflow graph named {workflow!r}; known: {', '.join(WORKFLOW_NAMES)}")
+
+    def build(deps: WorkflowDeps, **options: Any) -> StateGraph:
+        builder: Callable[..., StateGraph] = import_module(f"{__name__}.{workflow}").build
+        return builder(deps, **options)
+
+    build.__qualname__ = f"{workflow}.build"
+    return build
+
+
+GRAPHS: dict[str, GraphBuilder] = {name: graph_builder(name) for name in WORKFLOW_NAMES}
