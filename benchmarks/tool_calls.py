@@ -3,7 +3,12 @@
 Over three transports (in-memory, stdio, streamable HTTP), each measured in the same run as the bare `mcp`
 server over the same transport. The overlay is backed by the simulated IB_MCP in-process (the `serve --demo`
 set-up) with one proposal pending, and its poller is off, so only tool calls are measured. `get_context`
-itself makes two IB_MCP calls (account summary and positions, concurrently) and several SQLite reads.
+shows the account from the background snapshot (no IB_MCP call of its own) and reads the store once, or not
+at all while nothing was written since its last call.
+
+A third server shows the floor: a bare server returning the very result `get_context` returned, recorded,
+as it is. Its cost over the echo is what any tool with that output pays (transport, serialisation, and the
+client's validation against the output schema, which the `mcp` client does on every call).
 
     python -m benchmarks.tool_calls [--repeats 300] [--transports memory,stdio,http]
 """
@@ -14,6 +19,7 @@ import argparse
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +29,18 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from benchmarks.bare_server import build_bare_server
+from benchmarks.context_floor import build_context_floor_server
 from benchmarks.figures import Figure, p50_p99, print_figures, time_async_ms
 from benchmarks.harness import PYTHON, REPO_ROOT, open_sim_overlay, subprocess_env
+from mcp_overlay_server.context import TradingContext
 
 TRANSPORTS = ("memory", "stdio", "http")
 OVERLAY_TOOLS = ("get_context", "list_pending_approvals")
 GET_CONTEXT_TARGET_RATIO = 1.3
+FLOOR_NOTE = (
+    "the floor, over each transport: get_context's result, recorded, returned as it is by a bare server "
+    "(transport, serialisation, and the mcp client's jsonschema validation of it against the output schema)"
+)
 
 
 @asynccontextmanager
@@ -60,15 +72,22 @@ async def overlay_session(transport: str, data_dir: Path) -> AsyncIterator[Clien
 
 
 @asynccontextmanager
-async def bare_session(transport: str) -> AsyncIterator[Client]:
+async def bare_session(
+    transport: str, context: TradingContext | None = None, data_dir: Path | None = None
+) -> AsyncIterator[Client]:
+    """A session with the bare echo server, or (`context`) with the server returning that context (over stdio
+    handed to the server process in a file under `data_dir`)."""
     async with AsyncExitStack() as stack:
         if transport == "stdio":
-            params = StdioServerParameters(
-                command=PYTHON, args=["-m", "benchmarks.bare_server"], env={"PYTHONPATH": str(REPO_ROOT)}
-            )
+            module = ["benchmarks.bare_server"]
+            if context is not None:
+                context_file = anyio.Path(data_dir or ".") / "context.json"
+                await context_file.write_text(context.model_dump_json())
+                module = ["benchmarks.context_floor", str(context_file)]
+            params = StdioServerParameters(command=PYTHON, args=["-m", *module], env={"PYTHONPATH": str(REPO_ROOT)})
             yield await stack.enter_async_context(Client(params))
             return
-        server = build_bare_server()
+        server = build_context_floor_server(context) if context is not None else build_bare_server()
         if transport == "memory":
             yield await stack.enter_async_context(Client(server))
             return
@@ -89,7 +108,8 @@ async def _timed_tool(client: Client, tool: str, arguments: dict[str, Any], repe
 
 
 async def measure_transport(transport: str, repeats: int) -> dict[str, list[float]]:
-    """Round-trip samples (ms) of each overlay tool and of the bare echo over `transport`."""
+    """Round-trip samples (ms) of each overlay tool, of the bare echo and of the recorded context over
+    `transport`."""
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tools-") as data_dir:
         async with overlay_session(transport, Path(data_dir)) as client:
@@ -100,8 +120,11 @@ async def measure_transport(transport: str, repeats: int) -> dict[str, list[floa
                 raise RuntimeError(f"start_strategy failed: {started.content}")
             for tool in OVERLAY_TOOLS:
                 samples[tool] = await _timed_tool(client, tool, {}, repeats)
-    async with bare_session(transport) as client:
-        samples["echo"] = await _timed_tool(client, "echo", {"text": "ping"}, repeats)
+            context = TradingContext.model_validate((await client.call_tool("get_context", {})).structured_content)
+        async with bare_session(transport) as client:
+            samples["echo"] = await _timed_tool(client, "echo", {"text": "ping"}, repeats)
+        async with bare_session(transport, context, Path(data_dir)) as client:
+            samples["floor"] = await _timed_tool(client, "recorded_context", {}, repeats)
     return samples
 
 
@@ -122,6 +145,8 @@ def figures_for(transport: str, samples: dict[str, list[float]]) -> list[Figure]
             )
         )
         figures.append(Figure(f"{tool} p99 ({transport})", "ms", p99, echo_p99))
+    floor_p50, _ = p50_p99(samples["floor"])
+    figures.append(Figure(f"get_context's result from a bare tool p50 ({transport})", "ms", floor_p50, echo_p50))
     return figures
 
 
@@ -129,6 +154,9 @@ async def run(repeats: int = 300, transports: tuple[str, ...] = TRANSPORTS) -> l
     figures: list[Figure] = []
     for transport in transports:
         figures.extend(figures_for(transport, await measure_transport(transport, repeats)))
+    first_floor = next((i for i, f in enumerate(figures) if f.name.startswith("get_context's result")), None)
+    if first_floor is not None:
+        figures[first_floor] = replace(figures[first_floor], note=FLOOR_NOTE)
     return figures
 
 

@@ -44,15 +44,44 @@ def _counting(call: Callable[..., Awaitable[Any]], counter: list[int]) -> Callab
     return counted
 
 
-async def measure_overlay(runs: int, data_dir: Path) -> tuple[list[float], int, dict[str, int]]:
-    """Event -> proposal times (ms), IB_MCP calls per run, and how the runs ended (status -> count)."""
+class SaverTimer:
+    """Wall time spent in a checkpointer's writes (`aput`, `aput_writes`): the part of a run LangGraph's
+    durability costs, the same kind of work in the overlay and in the baseline."""
+
+    def __init__(self, saver: Any) -> None:
+        self.seconds = 0.0
+        self.writes = 0
+        for name in ("aput", "aput_writes"):
+            setattr(saver, name, self._timed(getattr(saver, name)))
+
+    def _timed(self, write: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await write(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+                self.writes += 1
+
+        return timed
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.writes = 0
+
+
+async def measure_overlay(runs: int, data_dir: Path) -> tuple[list[float], int, dict[str, int], SaverTimer]:
+    """Event -> proposal times (ms), IB_MCP calls per run, how the runs ended (status -> count), and the time
+    spent in the checkpointer."""
     broker_calls = [0]
     statuses: dict[str, int] = {}
     async with open_sim_overlay(data_dir) as (overlay, _):
         overlay.broker.call = _counting(overlay.broker.call, broker_calls)  # type: ignore[method-assign]
+        saver = SaverTimer(overlay.retention.saver)
         for _ in range(WARMUP_RUNS):
             await overlay.runner.handle_event(aapl_event())
         broker_calls[0] = 0
+        saver.reset()
         samples: list[float] = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -60,7 +89,7 @@ async def measure_overlay(runs: int, data_dir: Path) -> tuple[list[float], int, 
             samples.append((time.perf_counter() - started) * 1000)
             status = view.status if view else "none"
             statuses[status] = statuses.get(status, 0) + 1
-    return samples, round(broker_calls[0] / runs), statuses
+    return samples, round(broker_calls[0] / runs), statuses, saver
 
 
 class BareState(TypedDict, total=False):
@@ -68,7 +97,7 @@ class BareState(TypedDict, total=False):
     answer: str
 
 
-async def measure_baseline(runs: int, data_dir: Path, round_trips: int) -> list[float]:
+async def measure_baseline(runs: int, data_dir: Path, round_trips: int) -> tuple[list[float], SaverTimer]:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.graph import END, START, StateGraph
     from langgraph.types import interrupt
@@ -101,21 +130,24 @@ async def measure_baseline(runs: int, data_dir: Path, round_trips: int) -> list[
             graph.add_edge(before, after)
         graph.add_edge(names[-1], END)
         compiled = graph.compile(checkpointer=saver)
+        timer = SaverTimer(saver)
 
         samples: list[float] = []
         for index in range(WARMUP_RUNS + runs):
+            if index == WARMUP_RUNS:
+                timer.reset()
             config = {"configurable": {"thread_id": f"bare-{index}"}}
             started = time.perf_counter()
             await compiled.ainvoke({"step": 0}, config, durability="sync")
             if index >= WARMUP_RUNS:
                 samples.append((time.perf_counter() - started) * 1000)
-    return samples
+    return samples, timer
 
 
 async def run(runs: int = 40) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="bench-workflow-") as data_dir:
-        overlay_ms, round_trips, statuses = await measure_overlay(runs, Path(data_dir))
-        baseline_ms = await measure_baseline(runs, Path(data_dir), round_trips)
+        overlay_ms, round_trips, statuses, overlay_saver = await measure_overlay(runs, Path(data_dir))
+        baseline_ms, baseline_saver = await measure_baseline(runs, Path(data_dir), round_trips)
     p50, p99 = p50_p99(overlay_ms)
     base_p50, base_p99 = p50_p99(baseline_ms)
     ended = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
@@ -131,6 +163,13 @@ async def run(runs: int = 40) -> list[Figure]:
             f"bare {len(NODES_TO_PROPOSAL)}-node graph, AsyncSqliteSaver, {round_trips} bare MCP round-trips",
         ),
         Figure("price_alert event → proposal p99", "ms", p99, base_p99),
+        Figure(
+            "checkpointer writes per run (mean)",
+            "ms",
+            overlay_saver.seconds * 1000 / runs,
+            baseline_saver.seconds * 1000 / runs,
+            note=f"aput + aput_writes: {overlay_saver.writes / runs:g} per run in both; the overlay's state is larger",
+        ),
     ]
 
 

@@ -6,13 +6,13 @@ import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from broker.errors import BrokerError
-from workflows.runner import PendingApproval
+from workflows.run_types import PendingApproval
 from workflows.store import as_utc
 
 if TYPE_CHECKING:
+    from broker.models import Position
     from mcp_overlay_server.app import Overlay
 
 
@@ -71,6 +71,11 @@ class TradingContext(BaseModel):
     net_liquidation_usd: float | None
     broker: str
     broker_error: str | None
+    broker_as_of: datetime | None = Field(
+        description="when account, cash, net liquidation and positions were read from IB_MCP (UTC); they are "
+        "refreshed in the background every few seconds and right after an order is submitted or filled"
+    )
+    broker_age_s: float | None = Field(description="seconds since broker_as_of")
     positions: list[PositionLine]
     pending_approvals: list[PendingApproval]
     recent_runs: list[RunLine]
@@ -81,15 +86,12 @@ class TradingContext(BaseModel):
     analyst: str
 
 
-async def _broker_part(overlay: Overlay) -> tuple[str | None, Any, list[PositionLine], str | None]:
-    try:
-        account_id = await overlay.runner.deps.trading_account()
-        summary, positions = await asyncio.gather(
-            overlay.broker.account_summary(account_id), overlay.broker.positions(account_id)
-        )
-    except BrokerError as exc:
-        return None, None, [], str(exc)
-    lines = [
+RECENT_RUNS = 5
+RECENT_ORDERS = 10
+
+
+def _position_lines(positions: list[Position]) -> list[PositionLine]:
+    return [
         PositionLine(
             symbol=p.symbol,
             quantity=p.quantity,
@@ -100,30 +102,29 @@ async def _broker_part(overlay: Overlay) -> tuple[str | None, Any, list[Position
         for p in positions
         if p.quantity
     ]
-    return account_id, summary, lines, None
 
 
 async def build_context(overlay: Overlay) -> TradingContext:
-    account_id, summary, positions, broker_error = await _broker_part(overlay)
+    """The broker part from the background snapshot (its age included), the rest from the store and memory;
+    the snapshot and the store's one read run concurrently."""
+    broker, (approvals, runs, orders) = await asyncio.gather(
+        overlay.broker_snapshot.current(), overlay.store.context_rows(RECENT_RUNS, RECENT_ORDERS)
+    )
     stats = overlay.poller.stats
     return TradingContext(
         mode=overlay.settings.trading_mode,
-        account_id=account_id,
-        cash_usd=summary.cash_usd if summary else None,
-        net_liquidation_usd=summary.net_liquidation_usd if summary else None,
+        account_id=broker.account_id,
+        cash_usd=broker.summary.cash_usd if broker.summary else None,
+        net_liquidation_usd=broker.summary.net_liquidation_usd if broker.summary else None,
         broker=overlay.broker.target_label,
-        broker_error=broker_error,
-        positions=positions,
-        pending_approvals=await overlay.runner.pending(),
+        broker_error=broker.error,
+        broker_as_of=broker.as_of,
+        broker_age_s=round(broker.age_s, 1),
+        positions=_position_lines(broker.positions),
+        pending_approvals=await overlay.runner.pending(approvals),
         recent_runs=[
-            RunLine(
-                workflow_id=r.workflow_id,
-                workflow=r.workflow,
-                status=r.status,
-                symbol=r.symbol,
-                summary=r.summary,
-            )
-            for r in await overlay.store.list_runs(limit=5)
+            RunLine(workflow_id=r.workflow_id, workflow=r.workflow, status=r.status, symbol=r.symbol, summary=r.summary)
+            for r in runs
         ],
         recent_orders=[
             OrderLine(
@@ -138,7 +139,7 @@ async def build_context(overlay: Overlay) -> TradingContext:
                 avg_fill_price=o.avg_fill_price,
                 updated_at=as_utc(o.updated_at),
             )
-            for o in await overlay.store.orders(limit=10)
+            for o in orders
         ],
         risk=overlay.risk.describe(),
         triggers=[

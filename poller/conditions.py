@@ -371,6 +371,10 @@ def _compile_comparison(node: Comparison, slot_of: Callable[[FieldRef | Indicato
 
         return comparison
     above = node.op == "crosses_above"
+    if not isinstance(node.left, Number) and not isinstance(node.right, Number):
+        return _cross_of_slots(slot_of(node.left), slot_of(node.right), above)
+    if isinstance(node.right, Number):
+        return _cross_of_level(slot_of(node.left), node.right.value, above)
 
     def cross(current: Values, previous: Values) -> bool | None:
         a_now, b_now, a_before, b_before = left(current), right(current), left(previous), right(previous)
@@ -381,3 +385,49 @@ def _compile_comparison(node: Comparison, slot_of: Callable[[FieldRef | Indicato
         return a_before >= b_before and a_now < b_now
 
     return cross
+
+
+# The two common shapes of a cross, as closures that index the value lists directly: a trigger is checked on
+# every tick, and the general form's four getter calls cost more than the comparison itself.
+
+
+def _cross_of_slots(a: int, b: int, above: bool) -> Predicate:
+    """`a crosses_above b` / `crosses_below` for two series (e.g. "sma(20) crosses_above sma(50)")."""
+    if above:
+
+        def cross_above(current: Values, previous: Values) -> bool | None:
+            a_now, b_now, a_before, b_before = current[a], current[b], previous[a], previous[b]
+            if a_now is None or b_now is None or a_before is None or b_before is None:
+                return None
+            return a_before <= b_before and a_now > b_now
+
+        return cross_above
+
+    def cross_below(current: Values, previous: Values) -> bool | None:
+        a_now, b_now, a_before, b_before = current[a], current[b], previous[a], previous[b]
+        if a_now is None or b_now is None or a_before is None or b_before is None:
+            return None
+        return a_before >= b_before and a_now < b_now
+
+    return cross_below
+
+
+def _cross_of_level(a: int, level: float, above: bool) -> Predicate:
+    """A series crossing a fixed level (e.g. "rsi(14) crosses_below 30")."""
+    if above:
+
+        def cross_above(current: Values, previous: Values) -> bool | None:
+            now, before = current[a], previous[a]
+            if now is None or before is None:
+                return None
+            return before <= level and now > level
+
+        return cross_above
+
+    def cross_below(current: Values, previous: Values) -> bool | None:
+        now, before = current[a], previous[a]
+        if now is None or before is None:
+            return None
+        return before >= level and now < level
+
+    return cross_below

@@ -14,9 +14,11 @@ many triggers read it, and `crosses_above`/`crosses_below` can compare the two t
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from itertools import islice
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -43,6 +45,10 @@ class StreamingIndicator(Protocol):
     needs_time: bool
 
     def update(self, price: float, ts: datetime | None, volume: float | None) -> float | None: ...
+
+
+Update = Callable[[float, datetime | None, float | None], float | None]
+TimedUpdate = Callable[[float, datetime, float, float | None], float | None]
 
 
 class Sma:
@@ -140,24 +146,49 @@ class Vwap:
     that went down (a counter reset), counts its whole volume. Ticks without volume change nothing.
     """
 
-    __slots__ = ("_cum_pv", "_cum_volume", "_last_volume", "_session", "_session_tz")
+    __slots__ = (
+        "_cum_pv",
+        "_cum_volume",
+        "_last_volume",
+        "_session",
+        "_session_end_s",
+        "_session_start_s",
+        "_session_tz",
+    )
     needs_time = True
 
     def __init__(self, session_tz: tzinfo = NEW_YORK) -> None:
         self._session_tz = session_tz
         self._session: date | None = None
+        # The current session date's bounds in epoch seconds: a tick inside them needs no time zone work.
+        self._session_start_s = math.inf
+        self._session_end_s = -math.inf
         self._last_volume = 0.0
         self._cum_pv = 0.0
         self._cum_volume = 0.0
 
     def update(self, price: float, ts: datetime | None, volume: float | None) -> float | None:
         if ts is not None:
-            session = ts.astimezone(self._session_tz).date()
-            if session != self._session:
-                self._session = session
-                self._last_volume = 0.0
-                self._cum_pv = 0.0
-                self._cum_volume = 0.0
+            return self.update_at(price, ts, ts.timestamp(), volume)
+        return self._add(price, volume)
+
+    def update_at(self, price: float, ts: datetime, ts_s: float, volume: float | None) -> float | None:
+        """`update` for a tick whose epoch seconds `ts_s` the caller already has."""
+        if not self._session_start_s <= ts_s < self._session_end_s:
+            self._enter_session(ts)
+        return self._add(price, volume)
+
+    def _enter_session(self, ts: datetime) -> None:
+        session = ts.astimezone(self._session_tz).date()
+        self._session_start_s = datetime.combine(session, time(), self._session_tz).timestamp()
+        self._session_end_s = datetime.combine(session + timedelta(days=1), time(), self._session_tz).timestamp()
+        if session != self._session:
+            self._session = session
+            self._last_volume = 0.0
+            self._cum_pv = 0.0
+            self._cum_volume = 0.0
+
+    def _add(self, price: float, volume: float | None) -> float | None:
         if volume is not None:
             traded = volume - self._last_volume if volume >= self._last_volume else volume
             self._last_volume = volume
@@ -182,9 +213,10 @@ class PercentChange:
         self._prices: deque[float] = deque()
 
     def update(self, price: float, ts: datetime | None, volume: float | None = None) -> float | None:
-        if ts is None:
-            return None
-        now_s = ts.timestamp()
+        return None if ts is None else self.update_at(price, ts, ts.timestamp(), volume)
+
+    def update_at(self, price: float, ts: datetime, now_s: float, volume: float | None) -> float | None:
+        """`update` for a tick whose epoch seconds `now_s` the caller already has."""
         cutoff_s = now_s - self._window_s
         times, prices = self._times, self._prices
         # Keep exactly one observation at or before the cutoff: the reference price.
@@ -217,6 +249,10 @@ class IndicatorBank:
     Slots 0..4 hold the tick fields (`FIELDS`); each distinct indicator gets the next slot. Indicators
     are reference-counted: the last trigger that releases one stops its computation. An indicator
     acquired after prices have been seen is first fed the bank's recent prices (`seed_size` of them).
+
+    `update` runs for every tick of every watched symbol, so its bookkeeping is kept to the minimum: the
+    two value lists swap roles instead of being copied, each indicator's bound `update` is looked up once
+    (when the set of indicators changes), and the recent prices are one deque of (price, ts) pairs.
     """
 
     def __init__(self, *, seed_size: int = 500, session_tz: tzinfo = NEW_YORK) -> None:
@@ -224,9 +260,9 @@ class IndicatorBank:
         self._slots: dict[str, int] = {name: i for i, name in enumerate(FIELDS)}
         self._indicators: dict[str, StreamingIndicator] = {}
         self._refcounts: dict[str, int] = {}
-        self._active: list[tuple[int, StreamingIndicator]] = []
-        self._seed_prices: deque[float] = deque(maxlen=seed_size)
-        self._seed_times: deque[datetime | None] = deque(maxlen=seed_size)
+        self._untimed: list[tuple[int, Update]] = []
+        self._timed: list[tuple[int, TimedUpdate]] = []
+        self._seed: deque[tuple[float, datetime | None]] = deque(maxlen=seed_size)
         self.current: list[float | None] = [None] * len(FIELDS)
         self.previous: list[float | None] = [None] * len(FIELDS)
         self.price = 0.0
@@ -248,7 +284,7 @@ class IndicatorBank:
         if count == 0:
             indicator = make_indicator(ref, self._session_tz)
             value: float | None = None
-            for price, ts in zip(self._seed_prices, self._seed_times, strict=True):
+            for price, ts in self._seed:
                 if ts is not None or not indicator.needs_time:
                     value = indicator.update(price, ts, None)
             self.current[slot] = value
@@ -277,22 +313,31 @@ class IndicatorBank:
         ask: float | None = None,
         last: float | None = None,
         volume: float | None = None,
+        ts_s: float | None = None,
     ) -> None:
-        """Move current values to previous and compute the new ones; each indicator once."""
-        self.previous, self.current = self.current, self.previous
-        current = self.current
+        """Move current values to previous and compute the new ones; each indicator once. A tick without a
+        time leaves the time-based indicators (percent change, VWAP) at their previous value. `ts_s` is
+        `ts` in epoch seconds when the caller has it already."""
+        previous = self.current
+        current = self.previous
+        self.previous = previous
+        self.current = current
         current[0] = price
         current[1] = bid
         current[2] = ask
         current[3] = last
         current[4] = volume
-        for slot, indicator in self._active:
-            if ts is not None or not indicator.needs_time:
-                current[slot] = indicator.update(price, ts, volume)
-            else:
-                current[slot] = self.previous[slot]
-        self._seed_prices.append(price)
-        self._seed_times.append(ts)
+        for slot, update in self._untimed:
+            current[slot] = update(price, ts, volume)
+        if ts is not None:
+            if self._timed:
+                now_s = ts.timestamp() if ts_s is None else ts_s
+                for slot, update_at in self._timed:
+                    current[slot] = update_at(price, ts, now_s, volume)
+        else:
+            for slot, _ in self._timed:
+                current[slot] = previous[slot]
+        self._seed.append((price, ts))
         self.price = price
         self.ts = ts
 
@@ -301,8 +346,17 @@ class IndicatorBank:
         return {key: self.current[self._slots[key]] for key in self._indicators}
 
     def recent_prices(self, count: int) -> list[float]:
-        prices = self._seed_prices
-        return list(islice(prices, max(0, len(prices) - count), None))
+        """The last `count` prices, oldest first (read from the newest end: no walk over older ones)."""
+        newest_first = [price for price, _ in islice(reversed(self._seed), count)]
+        newest_first.reverse()
+        return newest_first
 
     def _rebuild_active(self) -> None:
-        self._active = [(self._slots[key], ind) for key, ind in self._indicators.items()]
+        self._untimed = []
+        self._timed = []
+        for key, indicator in self._indicators.items():
+            slot = self._slots[key]
+            if isinstance(indicator, PercentChange | Vwap):
+                self._timed.append((slot, indicator.update_at))
+            else:
+                self._untimed.append((slot, indicator.update))

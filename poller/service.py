@@ -73,9 +73,7 @@ class Poller:
         ticks = await self.source.poll(symbols)
         if self.price_cache is not None and ticks:
             await self._remember(self.price_cache, ticks)
-        events: list[TriggerEvent] = []
-        for tick in ticks:
-            events.extend(self.engine.on_tick(tick))
+        events = self.engine.on_ticks(ticks)
         for event in events:
             await self.bus.publish(event)
             self.stats.fired_by_trigger[event.trigger_name] = self.stats.fired_by_trigger.get(event.trigger_name, 0) + 1

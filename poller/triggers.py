@@ -20,6 +20,7 @@ Every indicator is computed once per symbol per tick, however many triggers read
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, tzinfo
@@ -101,9 +102,11 @@ Check = Callable[[Values, Values], bool | None]
 
 
 class _Trigger:
-    """A spec plus its run-time state."""
+    """A spec plus its run-time state. `active` and `expires_s` are plain attributes (infinity: never
+    expires) because `on_tick` reads them for every trigger on every tick."""
 
     __slots__ = (
+        "active",
         "armed",
         "bank",
         "check",
@@ -130,15 +133,23 @@ class _Trigger:
         # None means "report every indicator of the symbol" (plugin triggers).
         self.reported = reported
         self.released_keys = released_keys
-        self.expires_s = None if spec.expires_at is None else spec.expires_at.timestamp()
+        self.expires_s = math.inf if spec.expires_at is None else spec.expires_at.timestamp()
         self.armed = True
         self.last_fire_s: float | None = None
         self.last_fire_bar: str | None = None
         self.disabled_reason: str | None = None
+        self.active = spec.enabled
 
-    @property
-    def active(self) -> bool:
-        return self.spec.enabled and self.disabled_reason is None
+    def set_enabled(self, enabled: bool) -> None:
+        self.spec = self.spec.model_copy(update={"enabled": enabled})
+        if enabled:
+            self.armed = True
+            self.disabled_reason = None
+        self.active = enabled
+
+    def disable(self, reason: str) -> None:
+        self.disabled_reason = reason
+        self.active = False
 
 
 class TriggerEngine:
@@ -189,10 +200,7 @@ class TriggerEngine:
         trigger = self._triggers.get(name)
         if trigger is None:
             return False
-        trigger.spec = trigger.spec.model_copy(update={"enabled": enabled})
-        if enabled:
-            trigger.armed = True
-            trigger.disabled_reason = None
+        trigger.set_enabled(enabled)
         return True
 
     def specs(self) -> list[TriggerSpec]:
@@ -228,43 +236,56 @@ class TriggerEngine:
 
     def on_tick(self, tick: Tick) -> list[TriggerEvent]:
         """Update the tick's symbol's indicators once, then evaluate that symbol's triggers."""
-        symbol = tick.symbol.upper()
-        bank = self._bank(symbol)
-        ts = _as_utc(tick.ts)
-        bank.update(tick.price, ts, tick.bid, tick.ask, tick.last, tick.volume)
-        triggers = self._by_symbol.get(symbol)
-        if not triggers:
-            return []
-        now_s = ts.timestamp()
-        current, previous = bank.current, bank.previous
+        return self.on_ticks((tick,))
+
+    def on_ticks(self, ticks: Iterable[Tick]) -> list[TriggerEvent]:
+        """`on_tick` for each tick in turn (a poll cycle's batch), events in tick order. One loop for the whole
+        batch: this runs for every symbol on every poll, and per-tick method calls were a good part of it."""
+        banks = self._banks
+        by_symbol = self._by_symbol
         events: list[TriggerEvent] = []
-        for trigger in triggers:
-            if not trigger.active:
+        for tick in ticks:
+            symbol = tick.symbol
+            bank = banks.get(symbol)
+            if bank is None:
+                symbol = symbol.upper()
+                bank = self._bank(symbol)
+            ts = tick.ts
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            now_s = ts.timestamp()
+            bank.update(tick.price, ts, tick.bid, tick.ask, tick.last, tick.volume, now_s)
+            triggers = by_symbol.get(symbol)
+            if not triggers:
                 continue
-            if trigger.expires_s is not None and now_s >= trigger.expires_s:
-                self._disable(trigger, f"expired at {trigger.spec.expires_at}")
-                continue
-            try:
-                result = trigger.check(current, previous)
-            except PluginFailure as failure:
-                self._disable(trigger, failure.reason)
-                continue
-            if result is None:
-                continue
-            if not result:
-                trigger.armed = True
-                continue
-            if not trigger.armed or self._held_back(trigger, now_s, tick.bar_id):
-                continue
-            trigger.armed = False
-            trigger.last_fire_s = now_s
-            trigger.last_fire_bar = tick.bar_id
-            events.append(self._event(trigger, tick, ts))
+            current, previous = bank.current, bank.previous
+            for trigger in triggers:
+                if not trigger.active:
+                    continue
+                if now_s >= trigger.expires_s:
+                    self._disable(trigger, f"expired at {trigger.spec.expires_at}")
+                    continue
+                try:
+                    result = trigger.check(current, previous)
+                except PluginFailure as failure:
+                    self._disable(trigger, failure.reason)
+                    continue
+                if result is None:
+                    continue
+                if not result:
+                    trigger.armed = True
+                    continue
+                if not trigger.armed or self._held_back(trigger, now_s, tick.bar_id):
+                    continue
+                trigger.armed = False
+                trigger.last_fire_s = now_s
+                trigger.last_fire_bar = tick.bar_id
+                events.append(self._event(trigger, tick, ts))
         return events
 
     @staticmethod
     def _disable(trigger: _Trigger, reason: str) -> None:
-        trigger.disabled_reason = reason
+        trigger.disable(reason)
         log.warning("trigger %r disabled: %s", trigger.spec.name, reason)
 
     @staticmethod

@@ -9,6 +9,11 @@ Appends are serialised, because two appends that read the same last hash would f
 - across processes on PostgreSQL by `pg_advisory_xact_lock`, held until the inserting transaction commits,
   so several overlay workers can share one log. SQLite gets only the in-process lock: one writer process.
 A UNIQUE prev_hash backs both: an append that lost a race fails with an IntegrityError instead of forking.
+
+An entry can also be written in the transaction of the store write it accompanies (`AuditLog.record` builds it,
+`WorkflowStore` methods that take `audit=` chain it in): the row and its audit entry commit together or not
+at all, in one commit instead of two. `write` puts several entries in one transaction. Either way the chain is
+built the same way (`AuditLog.chain_in`), under the same locks.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import anyio
-from sqlalchemy import Text, text
+from sqlalchemy import Text, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import Field, SQLModel, col, select
+from sqlmodel import Field, Session, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from workflows.db import Database
 
 GENESIS_HASH = "0" * 64
 _PAGE_ROWS = 1_000
@@ -176,19 +183,35 @@ def _finite(name: str, value: float | None) -> float | None:
     return number
 
 
+_TABLE = AuditEntry.__table__  # type: ignore[attr-defined]
+_LAST_HASH = select(_TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
+_INSERT = insert(_TABLE)
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An audit entry not yet written: the log it belongs to and its fields, prev_hash and ts still to come."""
+
+    log: AuditLog
+    fields: Mapping[str, Any]
+
+
 class AuditLog:
     """The audit log over an async SQLAlchemy engine (sqlite+aiosqlite or postgresql+psycopg)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._append_lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
+        """Held from reading the last hash until the entries that follow it are committed (in-process)."""
+        self._db = Database(engine)
 
     async def init(self) -> None:
         """Create the table if it does not exist."""
         async with self.engine.begin() as conn:
             await conn.run_sync(SQLModel.metadata.create_all, tables=[AuditEntry.__table__])
 
-    async def append(
+    def record(
         self,
         event: str,
         *,
@@ -202,31 +225,71 @@ class AuditLog:
         order_id: str | None = None,
         claude_reasoning: str | None = None,
         **payload: Any,
-    ) -> AuditEntry:
-        """Write one row chained to the last one; extra keyword arguments go to the JSON payload."""
-        fields: dict[str, Any] = {
-            "service": service,
-            "workflow": workflow,
-            "workflow_id": workflow_id,
-            "event": event,
-            "symbol": symbol,
-            "action": action,
-            "quantity": _finite("quantity", quantity),
-            "price": _finite("price", price),
-            "order_id": order_id,
-            "claude_reasoning": claude_reasoning,
-            "payload": _canonical_payload(payload),
-        }
-        async with self._append_lock, AsyncSession(self.engine, expire_on_commit=False) as session:
-            async with session.begin():
-                if self.engine.dialect.name == "postgresql":
-                    await session.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_ADVISORY_LOCK_KEY))
-                last = await session.exec(select(AuditEntry.hash).order_by(col(AuditEntry.id).desc()).limit(1))
-                fields["prev_hash"] = last.first() or GENESIS_HASH
-                fields["ts"] = datetime.now(UTC).isoformat(timespec="microseconds")
-                entry = AuditEntry(**fields, hash=entry_hash(fields))
-                session.add(entry)
-            return entry
+    ) -> AuditRecord:
+        """An entry to write later (`write`, or a store write's `audit=`); extra keyword arguments go to the
+        JSON payload. Numbers are checked now, so a bad entry fails before anything is written."""
+        return AuditRecord(
+            self,
+            {
+                "service": service,
+                "workflow": workflow,
+                "workflow_id": workflow_id,
+                "event": event,
+                "symbol": symbol,
+                "action": action,
+                "quantity": _finite("quantity", quantity),
+                "price": _finite("price", price),
+                "order_id": order_id,
+                "claude_reasoning": claude_reasoning,
+                "payload": _canonical_payload(payload),
+            },
+        )
+
+    async def append(self, event: str, **fields: Any) -> AuditEntry:
+        """Write one row chained to the last one; keyword arguments as in `record`."""
+        [entry] = await self.write([self.record(event, **fields)])
+        return entry
+
+    async def write(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Write `records` in order, in one transaction."""
+
+        def work(session: Session) -> list[AuditEntry]:
+            entries = self.chain_in(session, records)
+            session.commit()
+            return entries
+
+        async with self.lock:
+            return await self._db.run(work)
+
+    def shares_database(self, engine: AsyncEngine) -> bool:
+        """Whether a store on `engine` can put this log's entries in its own transactions."""
+        return engine is self.engine
+
+    def chain_in(self, session: Session, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Insert `records` after the last row, inside the caller's transaction on this log's database; the
+        caller holds `lock` until it commits. On PostgreSQL the advisory lock is taken here."""
+        if not records:
+            return []
+        # Core statements built once, executed on the session's connection: an append is on every workflow
+        # step's path, and building and caching a fresh INSERT ... VALUES per row cost more than running it.
+        connection = session.connection()
+        if connection.dialect.name == "postgresql":
+            connection.execute(_ADVISORY_LOCK, {"key": _ADVISORY_LOCK_KEY})
+        previous = connection.execute(_LAST_HASH).scalar() or GENESIS_HASH
+        entries: list[AuditEntry] = []
+        for record in records:
+            if record.log is not self:
+                raise ValueError("an audit record was written to another audit log than the one that built it")
+            fields = {
+                **record.fields,
+                "prev_hash": previous,
+                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+            }
+            fields["hash"] = entry_hash(fields)
+            row_id = connection.execute(_INSERT, fields).inserted_primary_key[0]
+            entries.append(AuditEntry(id=row_id, **fields))
+            previous = fields["hash"]
+        return entries
 
     async def _pages(self) -> AsyncIterator[Sequence[AuditEntry]]:
         """All rows in id order, a page at a time (keyset paging keeps memory flat on a long log)."""

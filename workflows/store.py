@@ -9,18 +9,23 @@ they stay atomic across tasks and processes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import event, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import Field, SQLModel, col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from workflows.db import Database, sqlite_pragmas
+
+if TYPE_CHECKING:
+    from poller.events import TriggerEvent
+    from workflows.audit import AuditRecord
 
 RunStatus = Literal["running", "awaiting_approval", "completed", "rejected", "denied", "failed", "cancelled"]
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
@@ -120,6 +125,19 @@ class MarketEvent(SQLModel, table=True):
     payload_json: str
     received_at: datetime = Field(default_factory=utc_now)
 
+    @classmethod
+    def of(cls, event: TriggerEvent) -> MarketEvent:
+        """The row remembering `event`, its whole payload included (a run cut short starts over from it)."""
+        return cls(
+            event_id=event.event_id,
+            trigger_name=event.trigger_name,
+            symbol=event.symbol,
+            price=event.price,
+            condition=event.condition,
+            channel=event.channel,
+            payload_json=event.model_dump_json(),
+        )
+
 
 WORKFLOW_TABLES = [WorkflowRun.__table__, Approval.__table__, OrderRecord.__table__]  # type: ignore[attr-defined]
 CONTEXT_TABLES = [Preference.__table__, PositionMemory.__table__, MarketEvent.__table__]  # type: ignore[attr-defined]
@@ -138,26 +156,25 @@ def make_engine(url: str) -> AsyncEngine:
         # pre-ping: connections broken by a server restart are replaced instead of failing the next query
         return create_async_engine(parsed, pool_pre_ping=True)
     engine = create_async_engine(parsed)
-    event.listen(engine.sync_engine, "connect", _sqlite_wal)
+    event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
 
-def _sqlite_wal(connection: Any, _: Any) -> None:
-    """WAL lets readers and the writer work at once; synchronous=NORMAL is durable across a process crash
-    (an OS crash may lose the last commits) and roughly halves a workflow step's commit cost."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
 class WorkflowStore:
-    """Runs, approvals, the order ledger and the trading context."""
+    """Runs, approvals, the order ledger and the trading context.
+
+    Every method is one unit of work (workflows.db): on SQLite files it runs on a worker thread in one hop,
+    however many statements it makes. `order_listeners` are called after each change of an order's ledger
+    row (a fill, a submission), e.g. to refresh a cached view of the account."""
 
     def __init__(self, workflow_engine: AsyncEngine, context_engine: AsyncEngine | None = None) -> None:
         self.workflow_engine = workflow_engine
         self.context_engine = context_engine or workflow_engine
+        self.order_listeners: list[Callable[[str], None]] = []
+        self._workflows = Database(self.workflow_engine)
+        self._context = (
+            self._workflows if self.context_engine is self.workflow_engine else Database(self.context_engine)
+        )
 
     async def init(self) -> None:
         async with self.workflow_engine.begin() as conn:
@@ -166,84 +183,112 @@ class WorkflowStore:
             await conn.run_sync(SQLModel.metadata.create_all, tables=CONTEXT_TABLES)
 
     async def close(self) -> None:
+        await self._workflows.dispose()
         await self.workflow_engine.dispose()
         if self.context_engine is not self.workflow_engine:
+            await self._context.dispose()
             await self.context_engine.dispose()
 
-    @asynccontextmanager
-    async def _workflows(self) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self.workflow_engine, expire_on_commit=False) as session:
-            yield session
+    async def create_run(self, run: WorkflowRun, *, audit: AuditRecord | None = None) -> tuple[WorkflowRun, bool]:
+        """Insert a run; (existing run, False) when its trigger event was already taken by another run.
+        `audit` is written only when the run is created, in the same transaction when the audit log shares
+        the workflows database."""
+        shared = audit if audit is not None and audit.log.shares_database(self.workflow_engine) else None
 
-    @asynccontextmanager
-    async def _context(self) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self.context_engine, expire_on_commit=False) as session:
-            yield session
-
-    async def create_run(self, run: WorkflowRun) -> tuple[WorkflowRun, bool]:
-        """Insert a run; (existing run, False) when its trigger event was already taken by another run."""
-        async with self._workflows() as session:
+        def work(session: Session) -> tuple[WorkflowRun | None, bool]:
+            if shared is not None:
+                shared.log.chain_in(session, [shared])
             session.add(run)
             try:
-                await session.commit()
+                session.commit()
                 return run, True
             except IntegrityError:
-                await session.rollback()
-        existing = await self.run_for_event(run.trigger_event_id) if run.trigger_event_id else None
-        if existing is None:
-            existing = await self.get_run(run.workflow_id)
-        if existing is None:
+                session.rollback()
+            existing = _run_for_event(session, run.trigger_event_id) if run.trigger_event_id else None
+            return existing or session.get(WorkflowRun, run.workflow_id), False
+
+        if shared is not None:
+            async with shared.log.lock:
+                stored, created = await self._workflows.run(work)
+        else:
+            stored, created = await self._workflows.run(work)
+            if created and audit is not None:
+                await audit.log.write([audit])
+        if stored is None:
             raise RuntimeError(f"run {run.workflow_id} could not be created")
-        return existing, False
+        return stored, created
 
     async def run_for_event(self, event_id: str) -> WorkflowRun | None:
-        async with self._workflows() as session:
-            result = await session.exec(select(WorkflowRun).where(WorkflowRun.trigger_event_id == event_id))
-            return result.first()
+        return await self._workflows.run(partial(_run_for_event, event_id=event_id))
 
     async def get_run(self, workflow_id: str) -> WorkflowRun | None:
-        async with self._workflows() as session:
-            return await session.get(WorkflowRun, workflow_id)
+        return await self._workflows.run(lambda session: session.get(WorkflowRun, workflow_id))
 
     async def update_run(self, workflow_id: str, **changes: Any) -> None:
         if "result" in changes:
             changes["result_json"] = json.dumps(changes.pop("result"), default=str)
-        async with self._workflows() as session:
-            await session.exec(
-                update(WorkflowRun)
-                .where(col(WorkflowRun.workflow_id) == workflow_id)
-                .values(**changes, updated_at=utc_now())
-            )
-            await session.commit()
+
+        def work(session: Session) -> None:
+            _update_run(session, workflow_id, **changes)
+            session.commit()
+
+        await self._workflows.run(work)
 
     async def list_runs(self, limit: int = 20, status: str | None = None) -> list[WorkflowRun]:
-        async with self._workflows() as session:
-            query = select(WorkflowRun).order_by(col(WorkflowRun.created_at).desc()).limit(limit)
-            if status:
-                query = query.where(WorkflowRun.status == status)
-            return list((await session.exec(query)).all())
+        return await self._workflows.run(partial(_runs, limit=limit, status=status))
 
-    async def add_approval(self, approval: Approval) -> tuple[Approval, bool]:
-        """Insert once: (approval, True) for the first insert, (the stored one, False) after that."""
-        async with self._workflows() as session:
-            session.add(approval)
+    async def add_approval(
+        self, approval: Approval, *, run_status: RunStatus | None = None, audit: AuditRecord | None = None
+    ) -> tuple[Approval, bool]:
+        """Insert once: (approval, True) for the first insert, (the stored one, False) after that.
+
+        `run_status` moves the approval's run to that status either way; `audit` is written with the first
+        insert only. All of it is one transaction when the audit log shares the workflows database."""
+        shared = audit if audit is not None and audit.log.shares_database(self.workflow_engine) else None
+
+        def attempt(session: Session) -> tuple[Approval, bool]:
+            stored = session.get(Approval, approval.approval_id)
+            if run_status is not None:
+                _update_run(session, approval.workflow_id, status=run_status)
+            if stored is None:
+                if shared is not None:
+                    shared.log.chain_in(session, [shared])
+                session.add(approval)
+            session.commit()  # the approval's INSERT: a duplicate fails here, undoing the rest
+            return (approval, True) if stored is None else (stored, False)
+
+        def work(session: Session) -> tuple[Approval, bool]:
             try:
-                await session.commit()
-                return approval, True
-            except IntegrityError:
-                await session.rollback()
-        found = await self.get_approval(approval.approval_id)
-        assert found is not None
-        return found, False
+                return attempt(session)
+            except IntegrityError:  # another writer inserted it (or appended to the audit log) first
+                session.rollback()
+                return attempt(session)
+
+        if shared is not None:
+            async with shared.log.lock:
+                return await self._workflows.run(work)
+        stored, created = await self._workflows.run(work)
+        if created and audit is not None:
+            await audit.log.write([audit])
+        return stored, created
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        async with self._workflows() as session:
-            return await session.get(Approval, approval_id)
+        return await self._workflows.run(lambda session: session.get(Approval, approval_id))
 
     async def pending_approvals(self) -> list[Approval]:
-        async with self._workflows() as session:
-            query = select(Approval).where(Approval.status == "pending").order_by(col(Approval.created_at))
-            return list((await session.exec(query)).all())
+        """Oldest first. Answered without a query while nothing was written since the last call (db.py)."""
+        return list(await self._workflows.read_cached("pending_approvals", _pending_approvals))
+
+    async def context_rows(self, runs: int, orders: int) -> tuple[list[Approval], list[WorkflowRun], list[OrderRecord]]:
+        """Pending approvals (oldest first), the latest `runs` runs and the latest `orders` ledger rows, read
+        in one unit of work: what the trading context shows. Answered without a query while nothing was
+        written since the last call (db.py)."""
+
+        def work(session: Session) -> tuple[list[Approval], list[WorkflowRun], list[OrderRecord]]:
+            return _pending_approvals(session), _runs(session, runs), _orders(session, orders)
+
+        approvals, recent_runs, recent_orders = await self._workflows.read_cached(f"context:{runs}:{orders}", work)
+        return list(approvals), list(recent_runs), list(recent_orders)
 
     async def decide_approval(
         self,
@@ -255,8 +300,9 @@ class WorkflowStore:
         limit_price: float | None = None,
     ) -> bool:
         """pending -> status, atomically. False when someone else decided first (or it was not pending)."""
-        async with self._workflows() as session:
-            result = await session.exec(
+
+        def work(session: Session) -> bool:
+            result = session.connection().execute(
                 update(Approval)
                 .where(col(Approval.approval_id) == approval_id, col(Approval.status) == "pending")
                 .values(
@@ -267,79 +313,129 @@ class WorkflowStore:
                     limit_price=limit_price,
                 )
             )
-            await session.commit()
+            session.commit()
             return result.rowcount == 1
+
+        return await self._workflows.run(work)
 
     async def claim_order(self, record: OrderRecord) -> tuple[OrderRecord, bool]:
         """Record an order intent under its client order id. (record, True) only for the first claimant."""
-        async with self._workflows() as session:
+
+        def work(session: Session) -> tuple[OrderRecord | None, bool]:
             session.add(record)
             try:
-                await session.commit()
+                session.commit()
                 return record, True
             except IntegrityError:
-                await session.rollback()
-        existing = await self.get_order(record.client_order_id)
-        assert existing is not None
-        return existing, False
+                session.rollback()
+            return session.get(OrderRecord, record.client_order_id), False
+
+        stored, first = await self._workflows.run(work)
+        assert stored is not None
+        return stored, first
 
     async def get_order(self, client_order_id: str) -> OrderRecord | None:
-        async with self._workflows() as session:
-            return await session.get(OrderRecord, client_order_id)
+        return await self._workflows.run(lambda session: session.get(OrderRecord, client_order_id))
 
     async def update_order(self, client_order_id: str, **changes: Any) -> None:
-        async with self._workflows() as session:
-            await session.exec(
+        def work(session: Session) -> None:
+            session.connection().execute(
                 update(OrderRecord)
                 .where(col(OrderRecord.client_order_id) == client_order_id)
                 .values(**changes, updated_at=utc_now())
             )
-            await session.commit()
+            session.commit()
+
+        await self._workflows.run(work)
+        for listener in self.order_listeners:
+            listener(client_order_id)
 
     async def orders(self, limit: int = 50, workflow_id: str | None = None) -> list[OrderRecord]:
-        async with self._workflows() as session:
-            query = select(OrderRecord).order_by(col(OrderRecord.created_at).desc()).limit(limit)
-            if workflow_id:
-                query = query.where(OrderRecord.workflow_id == workflow_id)
-            return list((await session.exec(query)).all())
+        return await self._workflows.run(partial(_orders, limit=limit, workflow_id=workflow_id))
 
     async def set_preference(self, key: str, value: Any) -> None:
-        async with self._context() as session:
-            row = await session.get(Preference, key)
+        def work(session: Session) -> None:
+            row = session.get(Preference, key)
             if row is None:
                 session.add(Preference(key=key, value_json=json.dumps(value)))
             else:
                 row.value_json = json.dumps(value)
                 row.updated_at = utc_now()
                 session.add(row)
-            await session.commit()
+            session.commit()
+
+        await self._context.run(work)
 
     async def preferences(self) -> dict[str, Any]:
-        async with self._context() as session:
-            rows = (await session.exec(select(Preference))).all()
-            return {row.key: json.loads(row.value_json) for row in rows}
+        def work(session: Session) -> dict[str, Any]:
+            return {row.key: json.loads(row.value_json) for row in session.exec(select(Preference)).all()}
+
+        return await self._context.run(work)
 
     async def remember_position(self, memory: PositionMemory) -> None:
-        async with self._context() as session:
-            await session.merge(memory)
-            await session.commit()
+        def work(session: Session) -> None:
+            session.merge(memory)
+            session.commit()
+
+        await self._context.run(work)
 
     async def position_memories(self) -> list[PositionMemory]:
-        async with self._context() as session:
-            return list((await session.exec(select(PositionMemory))).all())
+        return await self._context.run(lambda session: list(session.exec(select(PositionMemory)).all()))
 
     async def record_market_event(self, event: MarketEvent) -> bool:
         """False when the event id was seen before (a redelivery)."""
-        async with self._context() as session:
+
+        def work(session: Session) -> bool:
             session.add(event)
             try:
-                await session.commit()
+                session.commit()
                 return True
             except IntegrityError:
-                await session.rollback()
+                session.rollback()
                 return False
 
+        return await self._context.run(work)
+
+    async def market_event(self, event_id: str) -> MarketEvent | None:
+        return await self._context.run(lambda session: session.get(MarketEvent, event_id))
+
     async def recent_market_events(self, limit: int = 10) -> list[MarketEvent]:
-        async with self._context() as session:
+        def work(session: Session) -> list[MarketEvent]:
             query = select(MarketEvent).order_by(col(MarketEvent.received_at).desc()).limit(limit)
-            return list((await session.exec(query)).all())
+            return list(session.exec(query).all())
+
+        return await self._context.run(work)
+
+
+# Statements more than one unit of work uses; each runs inside the caller's session.
+
+
+def _run_for_event(session: Session, event_id: str) -> WorkflowRun | None:
+    return session.exec(select(WorkflowRun).where(WorkflowRun.trigger_event_id == event_id)).first()
+
+
+def _update_run(session: Session, workflow_id: str, **changes: Any) -> None:
+    # Through the connection: an ORM-enabled UPDATE would also sync the session's objects (none here), at
+    # twice the cost.
+    session.connection().execute(
+        update(WorkflowRun).where(col(WorkflowRun.workflow_id) == workflow_id).values(**changes, updated_at=utc_now())
+    )
+
+
+def _runs(session: Session, limit: int, status: str | None = None) -> list[WorkflowRun]:
+    query = select(WorkflowRun).order_by(col(WorkflowRun.created_at).desc()).limit(limit)
+    if status:
+        query = query.where(WorkflowRun.status == status)
+    return list(session.exec(query).all())
+
+
+def _pending_approvals(session: Session) -> list[Approval]:
+    query = select(Approval).where(Approval.status == "pending").order_by(col(Approval.created_at))
+    return list(session.exec(query).all())
+
+
+def _orders(session: Session, limit: int, workflow_id: str | None = None) -> list[OrderRecord]:
+    query = select(OrderRecord).order_by(col(OrderRecord.created_at).desc()).limit(limit)
+    if workflow_id:
+        query = query.where(OrderRecord.workflow_id == workflow_id)
+    return list(session.exec(query).all())

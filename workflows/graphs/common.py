@@ -1,8 +1,9 @@
 """Nodes every trading graph shares: propose an order, wait for the human, place it once, record the run.
 
 A graph's state carries `workflow_id`, `account_id`, `intent` (an OrderIntent dump), `recommendation`,
-`risk`, and optionally `proposal_details`; these nodes add `approval_id`, `approval_round`, `decision`,
-`order`, `outcome` and `summary`. `interrupt()` re-runs its node from the top on resume, so the node that
+`risk`, and optionally `proposal_details` and `account_read` (gather's read of the account, see
+`read_account_for_run`); these nodes add `approval_id`, `approval_round`, `decision`, `order`, `outcome` and
+`summary`. `interrupt()` re-runs its node from the top on resume, so the node that
 waits does nothing else, and every side effect lives in a node of its own.
 """
 
@@ -14,10 +15,11 @@ from typing import Any, Literal, TypedDict
 
 from langgraph.types import interrupt
 
-from broker.models import OrderTicket
+from broker.models import Account, OrderTicket, Position
 from workflows.deps import WorkflowDeps
 from workflows.execution import client_order_id, place_once
 from workflows.models import OrderIntent, Proposal, Recommendation, RiskDecision
+from workflows.risk_gate import AccountRead, handed_over, read_account
 from workflows.store import Approval, OrderRecord, utc_now
 
 
@@ -29,6 +31,7 @@ class TradeState(TypedDict, total=False):
     account_id: str
     symbol: str
     price: float
+    account_read: dict[str, Any]
     recommendation: dict[str, Any]
     intent: dict[str, Any] | None
     risk: dict[str, Any]
@@ -62,15 +65,25 @@ async def audit_recommendation(deps: WorkflowDeps, workflow: str, state: State, 
     )
 
 
+async def read_account_for_run(deps: WorkflowDeps, account_id: str) -> tuple[Account, list[Position], dict[str, Any]]:
+    """A gather step's live read of the account: the summary, every position, and the `account_read` state
+    entry that lets the same run's risk check use this read instead of asking IB_MCP again (risk_gate)."""
+    summary, positions, read_at = await read_account(deps.broker, account_id)
+    return summary, positions, AccountRead.of(summary, positions, read_at).model_dump(mode="json")
+
+
 def make_check_risk(deps: WorkflowDeps, workflow: str) -> Node:
-    """Risk-check `state["intent"]`; no intent means the analyst said hold."""
+    """Risk-check `state["intent"]`; no intent means the analyst said hold. The run's own `account_read`, if
+    gather left one, is handed to the check (used only while recent and while no order changed since)."""
 
     async def check_risk(state: State) -> State:
         if not state.get("intent"):
             rationale = (state.get("recommendation") or {}).get("rationale", "")
             return {"outcome": "hold", "summary": f"hold: {rationale}".rstrip(": ")}
         intent = OrderIntent.model_validate(state["intent"])
-        decision = await deps.risk.check(intent, state["account_id"])
+        account_read = state.get("account_read")
+        with handed_over(AccountRead.model_validate(account_read) if account_read else None):
+            decision = await deps.risk.check(intent, state["account_id"])
         await deps.audit.append(
             "risk_check",
             workflow=workflow,
@@ -91,7 +104,8 @@ def make_check_risk(deps: WorkflowDeps, workflow: str) -> Node:
 
 
 def make_propose(deps: WorkflowDeps, workflow: str) -> Node:
-    """Store the approval request (once per round) and mark the run as waiting."""
+    """Store the approval request (once per round) and mark the run as waiting: the approval row, its audit
+    entry and the run's new status in one transaction."""
 
     async def propose(state: State) -> State:
         approval_round = state.get("approval_round", 0) + 1
@@ -108,16 +122,16 @@ def make_propose(deps: WorkflowDeps, workflow: str) -> Node:
             risk=RiskDecision.model_validate(state["risk"]),
             details=state.get("proposal_details") or {},
         )
+        may_auto_approve = _auto_approve_limit_usd(deps, workflow, intent) is not None
         _, created = await deps.store.add_approval(
             Approval(
                 approval_id=approval_id,
                 workflow_id=state["workflow_id"],
                 proposal_json=proposal.model_dump_json(),
                 expires_at=proposal.expires_at,
-            )
-        )
-        if created:
-            await deps.audit.append(
+            ),
+            run_status=None if may_auto_approve else "awaiting_approval",
+            audit=deps.audit.record(
                 "approval_requested",
                 workflow=workflow,
                 workflow_id=state["workflow_id"],
@@ -127,14 +141,22 @@ def make_propose(deps: WorkflowDeps, workflow: str) -> Node:
                 price=intent.reference_price,
                 approval_id=approval_id,
                 mode=deps.trading.mode,
-            )
-        auto = await _auto_approval(deps, workflow, approval_id, intent, created)
+            ),
+        )
+        auto = await _auto_approval(deps, workflow, approval_id, intent, created) if may_auto_approve else None
         if auto is not None:
             return {"approval_id": approval_id, "approval_round": approval_round, "decision": auto}
-        await deps.store.update_run(state["workflow_id"], status="awaiting_approval")
+        if may_auto_approve:
+            await deps.store.update_run(state["workflow_id"], status="awaiting_approval")
         return {"approval_id": approval_id, "approval_round": approval_round}
 
     return propose
+
+
+def _auto_approve_limit_usd(deps: WorkflowDeps, workflow: str, intent: OrderIntent) -> float | None:
+    """The user's auto-approve threshold for this workflow, when the order is under it."""
+    limit_usd = deps.trading.auto_approve_limit_usd(workflow)
+    return limit_usd if limit_usd is not None and intent.notional_usd <= limit_usd else None
 
 
 async def _auto_approval(
@@ -142,8 +164,8 @@ async def _auto_approval(
 ) -> dict[str, Any] | None:
     """The decision, when the user set an auto-approve threshold for this workflow and the order is under it.
     Risk has already allowed the order; the approval row still records who decided (the threshold)."""
-    limit_usd = deps.trading.auto_approve_limit_usd(workflow)
-    if limit_usd is None or intent.notional_usd > limit_usd:
+    limit_usd = _auto_approve_limit_usd(deps, workflow, intent)
+    if limit_usd is None:
         return None
     note = f"auto-approved: ${intent.notional_usd:,.2f} <= auto_approve_under_usd[{workflow}] ${limit_usd:,.2f}"
     if created and await deps.store.decide_approval(approval_id, "approved", note=note):
@@ -192,6 +214,14 @@ async def place_and_audit(
     record = await place_once(
         deps.broker, deps.store, ticket, workflow_id=state["workflow_id"], approval_id=state["approval_id"]
     )
+    await audit_order(deps, workflow, state, record, **audit_fields)
+    return record
+
+
+async def audit_order(
+    deps: WorkflowDeps, workflow: str, state: State, record: OrderRecord, **audit_fields: Any
+) -> None:
+    """An order's outcome in the audit log: trade_executed once filled, else order_submitted."""
     await deps.audit.append(
         "trade_executed" if record.status == "filled" else "order_submitted",
         workflow=workflow,
@@ -204,7 +234,6 @@ async def place_and_audit(
         client_order_id=record.client_order_id,
         **audit_fields,
     )
-    return record
 
 
 def make_execute(deps: WorkflowDeps, workflow: str) -> Node:
