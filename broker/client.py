@@ -28,7 +28,7 @@ from broker.errors import (
     Throttled,
     UnknownSymbol,
 )
-from broker.models import Account, Order, OrderAck, OrderTicket, Position, Quote
+from broker.models import Account, BracketAck, BracketTicket, Order, OrderAck, OrderTicket, Position, Quote
 from broker.pacing import Pacer
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class BrokerClient:
         self.last_error: str | None = None
         self._client: Client | None = None
         self._tools: frozenset[str] = frozenset()
+        self._place_order_schema: dict[str, Any] | None = None
         self._drop = anyio.Event()
         self._connect_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -113,6 +114,12 @@ class BrokerClient:
         """Open the session now (normally the first call does it). Returns IB_MCP's tool names."""
         await self._session()
         return self._tools
+
+    async def supports_brackets(self) -> bool:
+        """Whether IB_MCP's order tool takes a parent and its attached children in one call (its input schema
+        lists orders that declare `parentId`)."""
+        await self._session()
+        return ib.accepts_brackets(self._place_order_schema)
 
     def missing_order_tools(self) -> list[str]:
         return [name for name in ib.ORDER_TOOLS if name not in self._tools]
@@ -156,6 +163,9 @@ class BrokerClient:
             async with Client(self.target, mode="legacy", read_timeout_seconds=self.call_timeout_s) as client:
                 listed = await client.list_tools()
                 self._tools = frozenset(tool.name for tool in listed.tools)
+                self._place_order_schema = next(
+                    (tool.input_schema for tool in listed.tools if tool.name == ib.PLACE_ORDER), None
+                )
                 self._client = client
                 ready.set()
                 await self._drop.wait()
@@ -356,29 +366,54 @@ class BrokerClient:
         any other question is declined and raised as OrderConfirmationRefused for the human to decide."""
         await self._session()
         self.require_order_tools()
-        conid = ticket.conid or (await self.resolve_conids([ticket.symbol]))[ticket.symbol.upper()]
-        order = ib.order_payload(
-            conid,
-            ticket.side,
-            ticket.quantity,
-            ticket.order_type,
-            ticket.limit_price,
-            ticket.tif,
-            ticket.outside_rth,
-            ticket.client_order_id,
+        conid = await self._conid(ticket)
+        placed, answered = await self._submit(ticket.account_id, [_order_payload(ticket, conid)])
+        return _ack(placed[0], ticket, answered)
+
+    async def place_bracket(self, bracket: BracketTicket) -> BracketAck:
+        """Submit an entry with its stop-loss and take-profit as ONE request (IB's bracket: the children's
+        parentId is the entry's cOID; they wait for the entry's fill and cancel each other). Confirmation
+        questions are handled as in place_order. Raises BrokerError, sending nothing, when IB_MCP's order tool
+        does not declare parentId (it would forward the children as free-standing orders)."""
+        await self._session()
+        self.require_order_tools()
+        if not ib.accepts_brackets(self._place_order_schema):
+            raise BrokerError(
+                f"IB_MCP at {self.target_label} does not take bracket orders (its {ib.PLACE_ORDER} tool declares "
+                "no list of orders with parentId); nothing was sent"
+            )
+        entry, stop_loss, take_profit = bracket.tickets
+        conid = await self._conid(entry)
+        orders = [
+            _order_payload(entry, conid),
+            _order_payload(stop_loss, conid, parent=entry.client_order_id),
+            _order_payload(take_profit, conid, parent=entry.client_order_id),
+        ]
+        placed, answered = await self._submit(entry.account_id, orders)
+        if len(placed) != len(orders):
+            raise BrokerError(
+                f"IB answered the bracket {entry.client_order_id} with {len(placed)} order id(s) for "
+                f"{len(orders)} orders: {json.dumps(placed)[:300]}"
+            )
+        return BracketAck(
+            entry=_ack(placed[0], entry, answered),
+            stop_loss=_ack(placed[1], stop_loss, answered),
+            take_profit=_ack(placed[2], take_profit, answered),
         )
-        payload = await self.call(ib.PLACE_ORDER, {"accountId": ticket.account_id, "orders": [order]})
+
+    async def _conid(self, ticket: OrderTicket) -> int:
+        return ticket.conid or (await self.resolve_conids([ticket.symbol]))[ticket.symbol.upper()]
+
+    async def _submit(self, account_id: str, orders: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """POST the orders, then answer IB's confirmation questions (allow-list only) until it places them.
+        Returns IB's rows with an order_id, in the order sent, and the message ids answered."""
+        payload = await self.call(ib.PLACE_ORDER, {"accountId": account_id, "orders": orders})
         answered: list[str] = []
         for _ in range(MAX_CONFIRMATION_ROUNDS):
             rows = ib.unwrap_list(payload)
-            placed = next((r for r in rows if "order_id" in r), None)
-            if placed is not None:
-                return OrderAck(
-                    order_id=str(placed["order_id"]),
-                    status=str(placed.get("order_status", "Submitted")),
-                    client_order_id=ticket.client_order_id,
-                    confirmations_answered=answered,
-                )
+            placed = [r for r in rows if isinstance(r, dict) and "order_id" in r]
+            if placed:
+                return placed, answered
             question = next((r for r in rows if "id" in r and "message" in r), None)
             if question is None:
                 raise BrokerError(f"IB answered the order with an unexpected payload: {json.dumps(payload)[:300]}")
@@ -409,6 +444,30 @@ class BrokerClient:
             status=str(row.get("status", "Unknown")),
             client_order_id=row.get("order_ref") or row.get("cOID"),
         )
+
+
+def _order_payload(ticket: OrderTicket, conid: int, parent: str | None = None) -> dict[str, Any]:
+    return ib.order_payload(
+        conid,
+        ticket.side,
+        ticket.quantity,
+        ticket.order_type,
+        ticket.limit_price,
+        ticket.tif,
+        ticket.outside_rth,
+        ticket.client_order_id,
+        stop_price=ticket.stop_price,
+        parent_client_order_id=parent,
+    )
+
+
+def _ack(row: dict[str, Any], ticket: OrderTicket, answered: list[str]) -> OrderAck:
+    return OrderAck(
+        order_id=str(row["order_id"]),
+        status=str(row.get("order_status", "Submitted")),
+        client_order_id=ticket.client_order_id,
+        confirmations_answered=list(answered),
+    )
 
 
 def _payload(result: Any) -> Any:

@@ -131,8 +131,13 @@ def order_payload(
     tif: str,
     outside_rth: bool,
     client_order_id: str,
+    *,
+    stop_price: float | None = None,
+    parent_client_order_id: str | None = None,
 ) -> dict[str, Any]:
-    """One order object as POST /iserver/account/{acct}/orders expects it (inside {"orders": [...]})."""
+    """One order object as POST /iserver/account/{acct}/orders expects it (inside {"orders": [...]}).
+    IB's `price` is the limit of a LMT and the trigger of a STP; a bracket's children carry their parent's
+    cOID as `parentId`."""
     order: dict[str, Any] = {
         "conid": conid,
         "orderType": order_type,
@@ -143,9 +148,38 @@ def order_payload(
         "useAdaptive": False,
         "cOID": client_order_id,
     }
-    if limit_price is not None:
-        order["price"] = limit_price
+    price = stop_price if order_type == "STP" else limit_price
+    if price is not None:
+        order["price"] = price
+    if parent_client_order_id is not None:
+        order["parentId"] = parent_client_order_id
     return order
+
+
+def accepts_brackets(place_order_schema: dict[str, Any] | None) -> bool:
+    """Whether the place-order tool's input schema takes a list of orders that declare `parentId`.
+
+    IB_MCP validates each order against its OrderModel and forwards only the declared fields: a tool whose
+    orders lack `parentId` would send a bracket's children as free-standing orders, so that is "no".
+    """
+    if not place_order_schema:
+        return False
+    orders = (place_order_schema.get("properties") or {}).get("orders") or {}
+    if orders.get("type") != "array":
+        return False
+    item = _resolve(place_order_schema, orders.get("items") or {})
+    return "parentId" in (item.get("properties") or {})
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local "$ref" ("#/$defs/Name" or "#/definitions/Name") inside `schema`."""
+    ref = node.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return node
+    target: Any = schema
+    for part in ref[2:].split("/"):
+        target = target.get(part) if isinstance(target, dict) else None
+    return target if isinstance(target, dict) else {}
 
 
 # Option chains (IB_MCP's "Contract" and "Options Chains" tags). The chains tool calls /trsrv/secdef/chains,

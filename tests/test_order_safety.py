@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,14 @@ from hypothesis import strategies as st
 from broker import ib_mcp_tools as ib
 from broker.client import BrokerClient
 from broker.errors import BrokerError
-from broker.models import OrderTicket
+from broker.models import BracketTicket, OrderTicket
 from broker.sim.market import MarketSimulator
 from broker.sim.server import build_sim_server
 from mcp_overlay_server.app import Overlay, open_overlay
 from poller.events import TriggerEvent
 from tests.test_walking_skeleton import POLLER, fire_aapl_trigger, make_market, settings_for
-from workflows.execution import place_once, reconcile_ledger
-from workflows.runner import DecisionResult, WorkflowError
+from workflows.execution import place_bracket_once, place_once, reconcile_ledger
+from workflows.run_types import DecisionResult, WorkflowError
 from workflows.store import WorkflowRun, WorkflowStore, make_engine
 
 pytestmark = pytest.mark.anyio
@@ -294,3 +295,73 @@ async def test_a_redelivered_event_whose_worker_died_before_the_first_step_is_ru
     run = await overlay.runner.handle_event(event, redelivered=True)
     assert run is not None and run.workflow_id == "price_alert-orphan"
     assert run.status == "awaiting_approval" and run.pending_approval_id == "price_alert-orphan-a1"
+
+
+# --- brackets: one request, three orders, claimed together ------------------------------------------------
+
+BRACKET_OPERATIONS = st.lists(
+    st.tuples(st.sampled_from(["bracket", "lose_answer", "refuse", "reconcile", "move"]), st.integers(0, 2)),
+    max_size=25,
+)
+
+
+async def _replay_brackets(operations: list[tuple[str, int]], data_dir: Path) -> None:
+    market = MarketSimulator(["AAPL"], seed=1)
+    store = WorkflowStore(make_engine(f"sqlite+aiosqlite:///{data_dir / 'wf.db'}"))
+    await store.init()
+    requests: list[list[str]] = []
+    sent_while_live: list[str] = []
+    async with BrokerClient(build_sim_server(market)) as broker:
+        real_call = broker.call
+
+        async def spying_call(tool: str, arguments: dict[str, Any] | None = None) -> Any:
+            if tool == ib.PLACE_ORDER and arguments:
+                coids = [order["cOID"] for order in arguments["orders"]]
+                requests.append(coids)
+                sent_while_live.extend(c for c in coids if market.order_by_client_id(c) is not None)
+            return await real_call(tool, arguments)
+
+        broker.call = spying_call  # type: ignore[method-assign]
+        account = (await broker.accounts())[0].account_id
+        for operation, proposal in operations:
+            if operation == "lose_answer":
+                market.faults.lose_next_order_answer()
+            elif operation == "refuse":
+                market.faults.fail_next(ib.PLACE_ORDER)
+            elif operation == "reconcile":
+                await reconcile_ledger(broker, store)
+            elif operation == "move":
+                market.set_price("AAPL", market.quote("AAPL").last * (Decimal("0.97") + proposal * Decimal("0.03")))
+            else:
+                entry = OrderTicket(
+                    account_id=account, symbol="AAPL", side="BUY", quantity=1, client_order_id=f"ovl-b{proposal}"
+                )
+                last = float(market.quote("AAPL").last)
+                bracket = BracketTicket(
+                    entry=entry, stop_price=round(last * 0.98, 2), target_price=round(last * 1.02, 2)
+                )
+                with contextlib.suppress(BrokerError):
+                    await place_bracket_once(broker, store, bracket, workflow_id="w", approval_id=f"b{proposal}")
+        await reconcile_ledger(broker, store)
+        ledger = {o.client_order_id: o for o in await store.orders(limit=100)}
+    await store.close()
+
+    at_broker = [order.client_order_id for order in market.orders]
+    assert len(at_broker) == len(set(at_broker)), at_broker
+    assert sent_while_live == []
+    assert all(len(coids) == 3 for coids in requests)
+    for proposal in range(3):
+        coid = f"ovl-b{proposal}"
+        held = [c for c in (coid, f"{coid}-stop", f"{coid}-target") if c in at_broker]
+        assert held in ([], [coid, f"{coid}-stop", f"{coid}-target"]), held
+    for order in market.orders:
+        row = ledger[str(order.client_order_id)]
+        assert row.broker_order_id == str(order.order_id)
+        assert row.status == {"Filled": "filled", "Cancelled": "cancelled"}.get(order.status, "submitted")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=BRACKET_OPERATIONS)
+def test_random_faults_never_make_two_brackets_for_one_proposal(operations: list[tuple[str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        anyio.run(_replay_brackets, operations, Path(folder))

@@ -321,6 +321,21 @@ def test_reducing_counts_working_orders_on_the_same_side() -> None:
     assert not is_reducing(intent(side="SELL", quantity=51), context)
 
 
+def test_a_brackets_two_exits_count_once_since_only_one_can_fill() -> None:
+    # a 100-share long under a bracket: stop and target each SELL 100, one-cancels-all
+    exits = [
+        WorkingOrder(symbol="AAPL", side="SELL", quantity=100, oca_group="ovl-a1"),
+        WorkingOrder(symbol="AAPL", side="SELL", quantity=100, limit_price_usd=210.0, oca_group="ovl-a1"),
+    ]
+    context = ctx(trading_state=TradingState.REDUCING, positions=long_position(100), working_orders=exits)
+    assert context.working_shares("AAPL", "SELL") == 100
+    assert not is_reducing(intent(side="SELL", quantity=1), context)
+    plain = [o.model_copy(update={"oca_group": None}) for o in exits]
+    assert ctx(working_orders=plain).working_shares("AAPL", "SELL") == 200
+    two_brackets = [*exits, *(o.model_copy(update={"oca_group": "ovl-b1", "quantity": 30}) for o in exits)]
+    assert ctx(working_orders=two_brackets).working_shares("AAPL", "SELL") == 130
+
+
 # ---- strategies, hours, mode, accounts
 
 

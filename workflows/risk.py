@@ -13,7 +13,8 @@ counts as $0.30. Durations are inclusive the other way round: a cooling-off of 3
 together with the working orders on its own side, cannot take the position past zero. Reducing orders skip
 the exposure rules (they can only lower exposure) and pass the REDUCING state, cooling-off and the circuit
 breaker. Position and exposure rules count working orders at their worst case: every working order on the
-order's side fills, none on the other side does.
+order's side fills, none on the other side does; of a one-cancels-all group (a bracket's stop and target)
+only the largest can fill.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class WorkingOrder(BaseModel):
     side: Side
     quantity: float = Field(gt=0)
     limit_price_usd: float | None = Field(default=None, gt=0)
+    oca_group: str | None = Field(
+        default=None, description="orders of one one-cancels-all group (a bracket's exits): at most one fills"
+    )
 
 
 class PricePoint(BaseModel):
@@ -128,7 +132,18 @@ class RiskContext(BaseModel):
         return position.quantity if position else 0.0
 
     def working_shares(self, symbol: str, side: Side) -> float:
-        return sum(o.quantity for o in self.working_orders if o.symbol == symbol and o.side == side)
+        """Shares the working orders on one side can still trade: a one-cancels-all group counts once, at its
+        largest order."""
+        alone = 0.0
+        grouped: dict[str, float] = {}
+        for o in self.working_orders:
+            if o.symbol != symbol or o.side != side:
+                continue
+            if o.oca_group is None:
+                alone += o.quantity
+            else:
+                grouped[o.oca_group] = max(grouped.get(o.oca_group, 0.0), o.quantity)
+        return alone + sum(grouped.values())
 
     def mark_price_usd(self, symbol: str) -> float:
         """The highest price known for the symbol: valuing at the highest keeps exposure an upper bound."""

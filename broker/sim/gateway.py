@@ -468,7 +468,10 @@ def ledger(market: MarketSimulator, account_id: str) -> dict[str, Any]:
 def order_answer(outcome: OrderOutcome) -> list[dict[str, Any]] | dict[str, Any]:
     """The answer to place-order and reply: a question, the accepted order, or the decline."""
     if isinstance(outcome, Accepted):
-        return [{"order_id": str(outcome.order.order_id), "order_status": outcome.order.status, "encrypt_message": "1"}]
+        return [
+            {"order_id": str(order.order_id), "order_status": order.status, "encrypt_message": "1"}
+            for order in outcome.orders
+        ]
     if isinstance(outcome, Declined):
         return {"error": f"Reply {outcome.reply_id} was not confirmed: the order was not submitted."}
     return [
@@ -516,9 +519,15 @@ def preview(result: OrderPreview) -> dict[str, Any]:
     }
 
 
+_ORDER_TYPE_NAMES = {"MKT": ("Market", "MARKET"), "LMT": ("Limit", "LIMIT"), "STP": ("Stop", "STOP")}
+
+
 def _order_description(order: SimOrder) -> str:
     verb = "Buy" if order.side == "BUY" else "Sell"
-    kind = "Market" if order.limit_price is None else f"Limit {order.limit_price:.2f}"
+    if order.stop_price is not None:
+        kind = f"Stop {order.stop_price:.2f}"
+    else:
+        kind = "Market" if order.limit_price is None else f"Limit {order.limit_price:.2f}"
     tif = {"DAY": "Day", "GTC": "GTC", "IOC": "IOC"}[order.tif]
     return f"{verb} {order.quantity.normalize():f} {kind}, {tif}"
 
@@ -539,12 +548,13 @@ def _live_order(order: SimOrder) -> dict[str, Any]:
         "listingExchange": order.instrument.listing_exchange,
         "companyName": order.instrument.name,
         "side": order.side,
-        "orderType": "Market" if order.order_type == "MKT" else "Limit",
-        "origOrderType": "MARKET" if order.order_type == "MKT" else "LIMIT",
+        "orderType": _ORDER_TYPE_NAMES[order.order_type][0],
+        "origOrderType": _ORDER_TYPE_NAMES[order.order_type][1],
         "totalSize": _quantity(order.quantity),
         "filledQuantity": _quantity(order.filled_quantity),
         "remainingQuantity": _quantity(order.remaining_quantity),
         "price": float(order.limit_price) if order.limit_price is not None else None,
+        "auxPrice": float(order.stop_price) if order.stop_price is not None else None,
         "avgPrice": float(order.avg_fill_price) if order.avg_fill_price is not None else None,
         "status": order.status,
         "order_ccp_status": order.status,
@@ -588,6 +598,7 @@ def order_status(order: SimOrder) -> dict[str, Any]:
         "cum_fill": f"{order.filled_quantity:.1f}",
         "avg_price": f"{order.avg_fill_price:.2f}" if order.avg_fill_price is not None else "",
         "limit_price": f"{order.limit_price:.2f}" if order.limit_price is not None else "",
+        "stop_price": f"{order.stop_price:.2f}" if order.stop_price is not None else "",
         "tif": order.tif,
         "outside_rth": order.outside_rth,
         "order_description": _order_description(order),

@@ -6,7 +6,7 @@ Nothing here knows MCP or the gateway's JSON shapes (see `gateway.py` and `serve
 
     market = MarketSimulator(["AAPL", "TSLA"], seed=7)
     market.step()                              # every symbol moves one tick (or one replayed bar)
-    market.set_price("AAPL", 150)              # jump a price; working limit orders fill if crossed
+    market.set_price("AAPL", 150)              # jump a price; working limit and stop orders fill if crossed
     market.quote("AAPL").ask, market.cash(), market.positions(), market.orders
 
 With `options=OptionSettings()` every stock also lists monthly calls and puts (see options.py), priced by
@@ -38,6 +38,7 @@ from broker.sim.orders import (
     OrderRequest,
     Question,
     SimOrder,
+    parse_order_request,
     parse_order_ticket,
     question_text,
 )
@@ -107,7 +108,7 @@ class OrderPreview:
 @dataclass
 class _PendingQuestion:
     account_id: str
-    request: OrderRequest
+    requests: tuple[OrderRequest, ...]
     remaining_message_ids: tuple[str, ...]
 
 
@@ -381,24 +382,31 @@ class MarketSimulator:
     def order_by_client_id(self, client_order_id: str) -> SimOrder | None:
         return next((order for order in self._orders.values() if order.client_order_id == client_order_id), None)
 
-    def _parse(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderRequest:
-        self._check_account(account_id)
-        if len(tickets) != 1:
-            raise GatewayError(400, "Submit exactly one order per request (brackets are not simulated)")
-        return parse_order_ticket(dict(tickets[0]), {**self._by_conid, **self._options})
+    def _instruments_by_conid(self) -> dict[int, Instrument]:
+        return {**self._by_conid, **self._options}
 
-    def _check_client_order_id(self, request: OrderRequest) -> None:
-        if request.client_order_id is not None and request.client_order_id in self._registered_client_ids:
-            raise GatewayError(
-                400,
-                f"Order couldn't be submitted: Local order ID={request.client_order_id} is already registered.",
-            )
+    def _parse(self, account_id: str, tickets: Sequence[dict[str, object]]) -> tuple[OrderRequest, ...]:
+        self._check_account(account_id)
+        return parse_order_request([dict(ticket) for ticket in tickets], self._instruments_by_conid())
+
+    def _check_client_order_ids(self, requests: Sequence[OrderRequest]) -> None:
+        for request in requests:
+            if request.client_order_id is not None and request.client_order_id in self._registered_client_ids:
+                raise GatewayError(
+                    400,
+                    f"Order couldn't be submitted: Local order ID={request.client_order_id} is already registered.",
+                )
+
+    def _questions_for(self, requests: Sequence[OrderRequest]) -> tuple[str, ...]:
+        """Each question the request's order types ask, once, in the order the orders come."""
+        asked = (message_id for request in requests for message_id in self.order_questions.get(request.order_type, ()))
+        return tuple(dict.fromkeys(asked))
 
     def submit_order(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderOutcome:
-        """POST /iserver/account/{acct}/orders: a confirmation question, or the accepted order."""
-        request = self._parse(account_id, tickets)
-        self._check_client_order_id(request)
-        return self._ask_or_accept(account_id, request, self.order_questions.get(request.order_type, ()))
+        """POST /iserver/account/{acct}/orders: a confirmation question, or the accepted order(s)."""
+        requests = self._parse(account_id, tickets)
+        self._check_client_order_ids(requests)
+        return self._ask_or_accept(account_id, requests, self._questions_for(requests))
 
     def reply(self, reply_id: str, confirmed: bool) -> OrderOutcome:
         """POST /iserver/reply/{reply_id}: answer a question; the next question, the order, or a decline."""
@@ -407,17 +415,21 @@ class MarketSimulator:
             raise GatewayError(400, f"Reply ID {reply_id} is not valid or has already been answered")
         if not confirmed:
             return Declined(reply_id)
-        self._check_client_order_id(pending.request)
-        return self._ask_or_accept(pending.account_id, pending.request, pending.remaining_message_ids)
+        self._check_client_order_ids(pending.requests)
+        return self._ask_or_accept(pending.account_id, pending.requests, pending.remaining_message_ids)
 
-    def _ask_or_accept(self, account_id: str, request: OrderRequest, message_ids: Sequence[str]) -> OrderOutcome:
+    def _ask_or_accept(
+        self, account_id: str, requests: tuple[OrderRequest, ...], message_ids: Sequence[str]
+    ) -> OrderOutcome:
         if message_ids:
             reply_id = str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
-            self._questions[reply_id] = _PendingQuestion(account_id, request, tuple(message_ids[1:]))
-            return Question(reply_id, message_ids[0], question_text(message_ids[0], request))
-        return Accepted(self._accept(account_id, request))
+            self._questions[reply_id] = _PendingQuestion(account_id, requests, tuple(message_ids[1:]))
+            return Question(reply_id, message_ids[0], question_text(message_ids[0], requests[0]))
+        parent = self._accept(account_id, requests[0], None)
+        children = tuple(self._accept(account_id, request, parent) for request in requests[1:])
+        return Accepted((parent, *children))
 
-    def _accept(self, account_id: str, request: OrderRequest) -> SimOrder:
+    def _accept(self, account_id: str, request: OrderRequest, parent: SimOrder | None) -> SimOrder:
         now_ms = self.now_ms()
         order = SimOrder(
             order_id=self._next_order_id,
@@ -430,18 +442,44 @@ class MarketSimulator:
             tif=request.tif,
             outside_rth=request.outside_rth,
             client_order_id=request.client_order_id,
-            status="PreSubmitted" if self.market_closed else "Submitted",
+            status=self._working_status(parent),
             submitted_ms=now_ms,
             last_update_ms=now_ms,
+            stop_price=request.stop_price,
+            parent_id=parent.order_id if parent is not None else None,
         )
         self._next_order_id += 1
         self._orders[order.order_id] = order
         if request.client_order_id is not None:
             self._registered_client_ids.add(request.client_order_id)
+        if parent is not None and not parent.is_working and not parent.is_filled:
+            self._set_status(order, "Cancelled")  # attached to an IOC parent that did not fill
+            return order
         self._try_fill(order)
-        if order.tif == "IOC" and order.is_working:
-            self._set_status(order, "Cancelled")
+        if order.tif == "IOC" and order.is_working and not self._awaits_parent(order):
+            self._cancel(order)
         return order
+
+    def _working_status(self, parent: SimOrder | None) -> str:
+        """PreSubmitted while the market is closed or the order waits for its parent's fill, else Submitted."""
+        waiting = parent is not None and not parent.is_filled
+        return "PreSubmitted" if self.market_closed or waiting else "Submitted"
+
+    def _awaits_parent(self, order: SimOrder) -> bool:
+        return order.parent_id is not None and not self._orders[order.parent_id].is_filled
+
+    def _attached(self, order: SimOrder) -> list[SimOrder]:
+        """The orders of `order`'s bracket other than itself: its children, or its parent's other children."""
+        group = order.order_id if order.parent_id is None else order.parent_id
+        return [other for other in self._orders.values() if other.parent_id == group and other is not order]
+
+    def _cancel(self, order: SimOrder) -> None:
+        """Cancel an order and, as IB does for a bracket, the working orders attached to it (a parent's
+        children, or a child's siblings)."""
+        self._set_status(order, "Cancelled")
+        for other in self._attached(order):
+            if other.is_working:
+                self._set_status(other, "Cancelled")
 
     def cancel_order(self, account_id: str, order_id: int | str) -> SimOrder:
         """DELETE /iserver/account/{acct}/order/{id}: cancel a working order."""
@@ -449,21 +487,24 @@ class MarketSimulator:
         order = self.order(order_id)
         if not order.is_working:
             raise GatewayError(400, f"Order {order.order_id} is {order.status} and cannot be cancelled")
-        self._set_status(order, "Cancelled")
+        self._cancel(order)
         return order
 
     def end_session(self) -> None:
         """The trading day ends: DAY orders still working expire (IB reports them Cancelled)."""
         for order in self._orders.values():
             if order.is_working and order.tif == "DAY":
-                self._set_status(order, "Cancelled")
+                self._cancel(order)
 
     def preview(self, account_id: str, tickets: Sequence[dict[str, object]]) -> OrderPreview:
         """POST .../orders/whatif: what the order would cost now, without placing it."""
-        request = self._parse(account_id, tickets)
+        self._check_account(account_id)
+        if len(tickets) != 1:
+            raise GatewayError(400, "Preview one order at a time (a what-if of a bracket is not simulated)")
+        request = parse_order_ticket(dict(tickets[0]), self._instruments_by_conid())
         quote = self.quote_instrument(request.instrument)
         market_side = quote.ask if request.side == "BUY" else quote.bid
-        price = request.limit_price if request.limit_price is not None else market_side
+        price = request.limit_price or request.stop_price or market_side
         return OrderPreview(
             request=request,
             price=price,
@@ -487,10 +528,16 @@ class MarketSimulator:
         order.last_update_ms = self.now_ms()
 
     def _fill_price(self, order: SimOrder) -> Decimal | None:
+        """Where the order fills now, or None. A stop triggers when the last price reaches it, then fills as a
+        market order (so a gap through the stop fills at the new price)."""
         quote = self.quote_instrument(order.instrument)
-        if quote.halted or quote.closed:
+        if quote.halted or quote.closed or self._awaits_parent(order):
             return None
-        if order.side == "BUY":
+        buying = order.side == "BUY"
+        if order.stop_price is not None:
+            triggered = quote.last >= order.stop_price if buying else quote.last <= order.stop_price
+            return (quote.ask if buying else quote.bid) if triggered else None
+        if buying:
             crossed = order.limit_price is None or quote.ask <= order.limit_price
             return quote.ask if crossed else None
         crossed = order.limit_price is None or quote.bid >= order.limit_price
@@ -522,6 +569,13 @@ class MarketSimulator:
         order.filled_quantity = order.quantity
         order.avg_fill_price = price
         self._set_status(order, "Filled")
+        for other in self._attached(order):
+            if not other.is_working:
+                continue
+            if order.parent_id is None:
+                self._set_status(other, self._working_status(None))  # the parent filled: its children work
+            else:
+                self._set_status(other, "Cancelled")  # one-cancels-all: a sibling filled
 
     def _match_working_orders(self) -> None:
         for order in list(self._orders.values()):

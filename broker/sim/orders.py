@@ -1,5 +1,8 @@
 """Orders at the simulated broker: the ticket a client sends, the order it becomes, its executions, and the
-confirmation questions the gateway may ask before it accepts an order."""
+confirmation questions the gateway may ask before it accepts an order.
+
+One request may carry a bracket: a parent with a cOID and children whose `parentId` is that cOID. The
+children wait (PreSubmitted) until the parent fills, and form a one-cancels-all group."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 from broker.sim.errors import GatewayError
 from broker.sim.instruments import Instrument
 
-ORDER_TYPES = ("MKT", "LMT")
+ORDER_TYPES = ("MKT", "LMT", "STP")
 SIDES = ("BUY", "SELL")
 TIMES_IN_FORCE = ("DAY", "GTC", "IOC")
 WORKING_STATUSES = ("PreSubmitted", "Submitted")
@@ -52,11 +55,16 @@ class OrderRequest:
     tif: str
     outside_rth: bool
     client_order_id: str | None
+    stop_price: Decimal | None = None
+    parent_client_order_id: str | None = None
 
     @property
     def description(self) -> str:
-        """IB's short form, e.g. "BUY 5 AAPL NASDAQ.NMS @ 189.50" or "... @ MARKET"."""
-        at = "MARKET" if self.limit_price is None else f"{self.limit_price:.2f}"
+        """IB's short form, e.g. "BUY 5 AAPL NASDAQ.NMS @ 189.50", "... @ MARKET" or "... @ STOP 180.00"."""
+        if self.stop_price is not None:
+            at = f"STOP {self.stop_price:.2f}"
+        else:
+            at = "MARKET" if self.limit_price is None else f"{self.limit_price:.2f}"
         quantity = f"{self.quantity.normalize():f}"
         return f"{self.side} {quantity} {self.instrument.symbol} {self.instrument.listing_exchange} @ {at}"
 
@@ -78,10 +86,17 @@ class SimOrder:
     last_update_ms: int
     filled_quantity: Decimal = Decimal(0)
     avg_fill_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    parent_id: int | None = None
+    """The order id of the bracket parent this order is attached to."""
 
     @property
     def is_working(self) -> bool:
         return self.status in WORKING_STATUSES
+
+    @property
+    def is_filled(self) -> bool:
+        return self.status == "Filled"
 
     @property
     def remaining_quantity(self) -> Decimal:
@@ -118,7 +133,9 @@ class Question:
 
 @dataclass(frozen=True)
 class Accepted:
-    order: SimOrder
+    """The orders of one request (a single order, or a bracket's parent then its children)."""
+
+    orders: tuple[SimOrder, ...]
 
 
 @dataclass(frozen=True)
@@ -175,21 +192,53 @@ def parse_order_ticket(ticket: dict[str, Any], instruments_by_conid: dict[int, I
     quantity = _decimal(ticket.get("quantity"), "quantity")
     if quantity <= 0:
         raise GatewayError(400, f"Invalid quantity {ticket.get('quantity')!r}: must be positive")
-    limit_price = None
-    if order_type == "LMT":
+    price = None
+    if order_type in ("LMT", "STP"):
+        what = "A limit order needs a price" if order_type == "LMT" else "A stop order needs its stop as price"
         if ticket.get("price") is None:
-            raise GatewayError(400, "A limit order needs a price")
-        limit_price = _decimal(ticket["price"], "price")
-        if limit_price <= 0:
+            raise GatewayError(400, what)
+        price = _decimal(ticket["price"], "price")
+        if price <= 0:
             raise GatewayError(400, f"Invalid price {ticket['price']!r}: must be positive")
     client_order_id = ticket.get("cOID")
+    parent = ticket.get("parentId")
     return OrderRequest(
         instrument=instrument,
         side=side,
         quantity=quantity,
         order_type=order_type,
-        limit_price=limit_price,
+        limit_price=price if order_type == "LMT" else None,
         tif=tif,
         outside_rth=bool(ticket.get("outsideRTH", False)),
         client_order_id=str(client_order_id) if client_order_id else None,
+        stop_price=price if order_type == "STP" else None,
+        parent_client_order_id=str(parent) if parent else None,
     )
+
+
+def parse_order_request(
+    tickets: list[dict[str, Any]], instruments_by_conid: dict[int, Instrument]
+) -> tuple[OrderRequest, ...]:
+    """The `orders` list of one place-order request: one order, or one parent (with a cOID) followed by
+    children whose parentId is that cOID. Anything else is refused with the gateway's 400 answer."""
+    if not tickets:
+        raise GatewayError(400, "The request has no orders")
+    requests = tuple(parse_order_ticket(ticket, instruments_by_conid) for ticket in tickets)
+    parent, children = requests[0], requests[1:]
+    if parent.parent_client_order_id is not None:
+        raise GatewayError(
+            400, f"parentId {parent.parent_client_order_id!r} names no order in this request: list the parent first"
+        )
+    if children and parent.client_order_id is None:
+        raise GatewayError(400, "A parent order with attached orders needs a cOID for its children's parentId")
+    for child in children:
+        if child.parent_client_order_id != parent.client_order_id:
+            raise GatewayError(
+                400,
+                f"Attached order {child.description} must have parentId {parent.client_order_id!r} "
+                "(one parent per request)",
+            )
+    coids = [request.client_order_id for request in requests if request.client_order_id is not None]
+    if len(coids) != len(set(coids)):
+        raise GatewayError(400, f"Each order of a request needs its own cOID: {coids}")
+    return requests

@@ -215,7 +215,9 @@ def build_sim_server(market: MarketSimulator) -> MCPServer:
 
     @server.tool(name=tools.PLACE_ORDER)
     async def place_order(accountId: str, orders: list[GatewayOrder]) -> CallToolResult:
-        """Place Order(s): submit an order ticket. The answer is either the order id and status, or a question
+        """Place Order(s): submit one order, or a bracket: the parent (with a cOID) first, then its children
+        with parentId = the parent's cOID (they wait for the parent's fill; one filling cancels the others).
+        The answer is the order id and status of each order, or a question
         ([{"id": replyId, "message": [...], "messageIds": [...]}]) to confirm with the reply tool."""
         tickets = [order.model_dump(exclude_none=True) for order in orders]
         return _order_call(market, tools.PLACE_ORDER, lambda: market.submit_order(accountId, tickets))
