@@ -10,8 +10,9 @@ maturity date and multiplier). Option quotes come from the same snapshot call as
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
@@ -20,6 +21,19 @@ from broker.client import BrokerClient
 from broker.errors import BrokerError, UnknownSymbol
 
 OptionRight = Literal["C", "P"]
+NEW_YORK = ZoneInfo("America/New_York")
+# US equity options stop trading at the 16:00 New York close of their expiry day.
+EXPIRY_CLOSE = time(16, 0)
+
+
+def new_york_date(moment: datetime) -> date:
+    """The New York calendar date of an aware `moment`: the day option expiries are counted in."""
+    return moment.astimezone(NEW_YORK).date()
+
+
+def option_label(underlying: str, expiry: str, strike: float, right: str) -> str:
+    """One contract as a person reads it: "AAPL 20260116 200 C" (expiry YYYYMMDD)."""
+    return f"{underlying.upper()} {expiry} {strike:g} {right}"
 
 
 class OptionChainMonths(BaseModel):
@@ -43,6 +57,11 @@ class ListedOption(BaseModel):
     @property
     def expiry_date(self) -> date:
         return datetime.strptime(self.expiry, "%Y%m%d").date()
+
+    @property
+    def expires_at(self) -> datetime:
+        """When trading in it ends: 16:00 New York on the expiry day (aware)."""
+        return datetime.combine(self.expiry_date, EXPIRY_CLOSE, NEW_YORK)
 
     def days_to_expiry(self, today: date) -> int:
         return (self.expiry_date - today).days

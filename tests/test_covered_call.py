@@ -155,7 +155,7 @@ async def test_claude_picks_the_call_and_an_out_of_range_pick_becomes_hold(
 
     router.post(MESSAGES_URL).mock(side_effect=answer)
     monkeypatch.setattr(
-        "mcp_overlay_server.app.build_analyst",
+        "workflows.analyst.build_analyst",
         lambda api_key, usage, **_: ClaudeAnalyst(mock_anthropic_client(router), usage=usage),
     )
     market = make_market()

@@ -2,25 +2,34 @@
 
 gather -> chain -> analyse -> check_risk -> propose -> await_approval -> execute -> monitor -> record
 Fewer than 100 shares per contract finishes at once ("needs N shares"), with no proposal; a hold, a risk
-denial or a rejection goes straight to record. `monitor` writes a position-memory entry with the exit
-criteria (alert when the underlying comes within `alert_within_pct` of the strike; buy to close
-`close_days_before_expiry` days before expiry) for the position monitor to act on.
+denial or a rejection goes straight to record. `monitor` writes the position memory of the short call
+(workflows/short_calls.ShortCallWatch, keyed "AAPL 20260116 200 C"): alert when the underlying comes within
+`alert_within_pct` of the strike; if `buy_to_close`, propose buying the calls back
+`close_days_before_expiry` days before expiry. position_monitor's periodic check acts on it (see there).
+Risk: workflows/option_risk.OptionRiskGate (the shares must cover every short call).
 
 params: symbol, contracts (default: all the shares cover), target_dte (30), max_delta (0.30),
-limit_at ("mid" or "bid"), alert_within_pct (2), close_days_before_expiry (2), risk_free_rate_pct (4).
+limit_at ("mid" or "bid"), alert_within_pct (2), buy_to_close (true), close_days_before_expiry (2),
+risk_free_rate_pct (4).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
 from broker import black_scholes
-from broker.options import ListedOption, listed_options, option_months, option_quotes, option_strikes
+from broker.options import (
+    ListedOption,
+    listed_options,
+    new_york_date,
+    option_months,
+    option_quotes,
+    option_strikes,
+)
 from workflows.deps import WorkflowDeps
 from workflows.graphs.common import (
     TradeState,
@@ -35,8 +44,9 @@ from workflows.graphs.common import (
 )
 from workflows.models import OptionContract, OrderIntent, Recommendation
 from workflows.option_analyst import CallCandidate, CoveredCallChoice, CoveredCallRequest, covered_call_analyst
-from workflows.option_risk import CoveredCallGate
-from workflows.store import PositionMemory
+from workflows.option_risk import OptionRiskGate
+from workflows.short_calls import ShortCallWatch
+from workflows.store import PositionMemory, utc_now
 
 WORKFLOW = "covered_call"
 SHARES_PER_CONTRACT = 100
@@ -59,8 +69,14 @@ def _param(state: CoveredCallState, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _today() -> Any:
-    return datetime.now(UTC).date()
+def _flag(state: CoveredCallState, key: str, default: bool) -> bool:
+    value = _param(state, key, default)
+    return value if isinstance(value, bool) else str(value).strip().lower() not in ("false", "0", "no", "off")
+
+
+def _today() -> date:
+    """Today in New York, where expiries are counted (the clock is workflows.store.utc_now)."""
+    return new_york_date(utc_now())
 
 
 def candidate_for(
@@ -89,8 +105,9 @@ def candidate_for(
 
 
 def proposal_details(
-    candidate: CallCandidate, contracts: int, spot: float, alert_within_pct: float, close_days: int
+    candidate: CallCandidate, contracts: int, spot: float, alert_within_pct: float, close_days: int | None
 ) -> dict[str, Any]:
+    """The proposal's facts; `close_days` None means no buy to close (alerts only)."""
     premium_usd = candidate.premium_per_share_usd * SHARES_PER_CONTRACT * contracts
     yield_pct = candidate.premium_per_share_usd / spot * 100
     days = max(candidate.days_to_expiry, 1)
@@ -110,13 +127,14 @@ def proposal_details(
         "if_assigned_gain_usd": round((candidate.strike - spot) * SHARES_PER_CONTRACT * contracts + premium_usd, 2),
         "monitor": {
             "alert_when_underlying_within_pct_of_strike": alert_within_pct,
+            "buy_to_close": close_days is not None,
             "buy_to_close_days_before_expiry": close_days,
         },
     }
 
 
 def build(deps: WorkflowDeps) -> StateGraph:
-    gated = dataclasses.replace(deps, risk=CoveredCallGate(deps.risk, deps.broker))
+    gated = dataclasses.replace(deps, risk=OptionRiskGate.around(deps.risk, deps.broker))
 
     async def gather(state: CoveredCallState) -> CoveredCallState:
         symbol = state["event"]["symbol"].upper()
@@ -223,7 +241,7 @@ def build(deps: WorkflowDeps) -> StateGraph:
             choice.contracts,
             state["price"],
             float(_param(state, "alert_within_pct", 2.0)),
-            int(_param(state, "close_days_before_expiry", 2)),
+            int(_param(state, "close_days_before_expiry", 2)) if _flag(state, "buy_to_close", True) else None,
         )
         return {
             "recommendation": recommendation.model_dump(),
@@ -235,30 +253,26 @@ def build(deps: WorkflowDeps) -> StateGraph:
         """Position memory for the short call: why it was sold and when to act (read by position_monitor)."""
         intent = OrderIntent.model_validate(state["intent"])
         assert intent.option is not None
-        details = state.get("proposal_details") or {}
-        watch = details.get("monitor", {})
-        criteria = {
-            "kind": "covered_call",
-            "underlying": intent.symbol,
-            "option_conid": intent.option.conid,
-            "strike": intent.option.strike,
-            "expiry": intent.option.expiry,
-            "contracts": intent.quantity,
-            "premium_per_share_usd": intent.limit_price,
-            "alert_when_underlying_at_or_above_usd": round(
-                intent.option.strike * (1 - watch.get("alert_when_underlying_within_pct_of_strike", 2.0) / 100), 2
-            ),
-            "buy_to_close_days_before_expiry": watch.get("buy_to_close_days_before_expiry", 2),
-            "order_status": (state.get("order") or {}).get("status"),
-        }
+        watch_params = (state.get("proposal_details") or {}).get("monitor", {})
+        close_days = watch_params.get("buy_to_close_days_before_expiry")
+        watch = ShortCallWatch.sold(
+            intent.option,
+            contracts=intent.quantity,
+            premium_per_share_usd=intent.limit_price,
+            alert_within_pct=float(watch_params.get("alert_when_underlying_within_pct_of_strike", 2.0)),
+            buy_to_close=close_days is not None,
+            buy_to_close_days_before_expiry=int(close_days if close_days is not None else 0),
+            order_status=(state.get("order") or {}).get("status"),
+        )
         memory = PositionMemory(
-            symbol=f"{intent.symbol} {intent.option.expiry} {intent.option.strike:g} C",
+            symbol=watch.key,
             workflow_id=state["workflow_id"],
             entry_logic=(state.get("recommendation") or {}).get("rationale", ""),
-            exit_criteria_json=json.dumps(criteria),
+            exit_criteria_json=watch.model_dump_json(),
+            updated_at=utc_now(),
         )
         await deps.store.remember_position(memory)
-        return {"position_memory": {"key": memory.symbol, **criteria}}
+        return {"position_memory": {"key": memory.symbol, **watch.model_dump(mode="json")}}
 
     record_run = make_record(deps, WORKFLOW, result_keys=("proposal_details", "position_memory"))
 

@@ -1,19 +1,40 @@
-"""position_monitor: each open position's entry logic and exit criteria (the seed's "position memory"), and an
-exit proposal when a criterion is met.
+"""position_monitor: each open position's entry logic and exit criteria (the seed's "position memory"), and
+what to do when one is met: an exit proposal for a stock position; an alert, or a buy to close, for a short
+call that covered_call sold.
 
-remember -> gather -> evaluate -> check_risk -> propose -> await_approval -> execute -> record
-Params: `symbol` (omit to look at every remembered position), and optionally `entry_logic` and
-`exit_criteria` ({stop_loss_pct, take_profit_pct, max_holding_hours}) to remember for that symbol first.
+remember -> gather -> evaluate -> check_risk -> propose -> await_approval -> execute -> close_memory -> record
+(a hold or an alert goes from evaluate straight to record)
+
+Stock positions. Params: `symbol` (omit to look at every remembered position), and optionally `entry_logic`
+and `exit_criteria` ({stop_loss_pct, take_profit_pct, max_holding_hours}) to remember for that symbol first.
 Stop and target are percentages of the position's average cost (a stop of 5 exits at -5%); holding time
 counts from `entered_at`. An exit sells a long position (buys back a short) in full, at market, through
-the shared risk / approval / execute-once nodes. `monitor_positions(runner)` is the periodic check: plain
-code over one positions call and one batched quote, starting a run only for a position whose criterion
-is met, at most once per position entry and criterion.
+the shared risk / approval / execute-once nodes.
+
+Short calls (memory written by covered_call, see workflows/short_calls.py), matched to the broker's option
+position by conid:
+- the underlying within the remembered distance of the strike (or past it): an alert, once per entry and
+  crossing (re-armed when the underlying falls back below the alert price). It is a market event on the
+  urgent channel (MCP clients that set a log level get it as a log message, like a fired trigger), a
+  position_monitor run whose summary starts "alert:" (get_context's recent runs, list_workflows), and an
+  audit row `position_alert` under the covered_call run that sold the call;
+- `buy_to_close` on and days to expiry <= the remembered N: a run proposing BUY of every contract held, a
+  limit at the option's ask (its mid or last when there is no ask; at market when it has no quote), through
+  the same risk / approval / execute-once nodes; workflows/option_risk.py judges a closing buy as reducing;
+- the position gone at the broker (bought back, assigned, expired) or past its expiry: the memory is marked
+  closed (`closed_at`, `closed_reason`, audit `position_closed`) and nothing more fires for it.
+
+`monitor_positions(runner)` is the periodic check: plain code over one positions call and one batched quote
+(stocks and underlyings together), starting a run only when something is due, at most once per position
+entry and rule (per crossing for alerts). The clock is this module's `utc_now`; expiry days count New York
+dates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +42,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field
 
 from broker.models import Position
+from broker.options import option_label, option_quotes
 from poller.events import TriggerEvent
 from workflows.deps import WorkflowDeps
 from workflows.graphs.common import (
@@ -35,7 +57,20 @@ from workflows.graphs.common import (
     make_record,
 )
 from workflows.models import OrderIntent, Recommendation
-from workflows.store import PositionMemory, WorkflowStore, as_utc, utc_now
+from workflows.option_risk import OptionRiskGate
+from workflows.short_calls import (
+    BUY_TO_CLOSE,
+    NEAR_STRIKE,
+    ShortCallStatus,
+    ShortCallWatch,
+    alert_text,
+    close_details,
+    close_intent,
+    evaluate_short_call,
+    remembered,
+    short_call_watch,
+)
+from workflows.store import MarketEvent, PositionMemory, WorkflowStore, as_utc, utc_now
 
 if TYPE_CHECKING:
     from workflows.runner import WorkflowRunner
@@ -118,18 +153,60 @@ def evaluate(position: Position, price: float | None, memory: PositionMemory, no
     )
 
 
-async def evaluate_positions(deps: WorkflowDeps, symbol: str | None = None) -> tuple[str, list[Evaluation]]:
-    """(account, an evaluation per open position that has a memory), optionally for one symbol only."""
+@dataclass(frozen=True)
+class PositionLook:
+    """One look at the remembered positions: stock evaluations, short calls not yet closed, their memories."""
+
+    account_id: str
+    stocks: list[Evaluation]
+    short_calls: list[ShortCallStatus]
+    memories: dict[str, PositionMemory]
+
+
+async def look_at_positions(deps: WorkflowDeps, symbol: str | None = None) -> PositionLook:
+    """One positions call and one batched quote (the stocks and the short calls' underlyings together), for
+    every remembered position, or for one symbol (a stock, or the underlying of short calls) only."""
     account_id = await deps.trading_account()
     memories = {m.symbol: m for m in await deps.store.position_memories()}
-    positions = [
+    stock_memories: dict[str, PositionMemory] = {}
+    watches: list[tuple[PositionMemory, ShortCallWatch]] = []
+    for memory in memories.values():
+        watch = short_call_watch(memory)
+        if watch is None:
+            stock_memories[memory.symbol] = memory
+        elif watch.closed_at is None and (symbol is None or watch.underlying == symbol):
+            watches.append((memory, watch))
+    positions = await deps.broker.positions(account_id)
+    stocks = [
         p
-        for p in await deps.broker.positions(account_id)
-        if p.quantity != 0 and p.symbol in memories and (symbol is None or p.symbol == symbol)
+        for p in positions
+        if p.asset_class == "STK"
+        and p.quantity != 0
+        and p.symbol in stock_memories
+        and (symbol is None or p.symbol == symbol)
     ]
-    quotes = await deps.broker.quotes([p.symbol for p in positions]) if positions else {}
+    options = {p.conid: p for p in positions if p.asset_class == "OPT"}
+    short_underlyings = [
+        w.underlying for _, w in watches if (p := options.get(w.option_conid)) is not None and p.quantity < 0
+    ]
+    wanted = list(dict.fromkeys([p.symbol for p in stocks] + short_underlyings))
+    quotes = await deps.broker.quotes(wanted) if wanted else {}
     now = utc_now()
-    return account_id, [evaluate(p, quotes[p.symbol].price, memories[p.symbol], now) for p in positions]
+    return PositionLook(
+        account_id=account_id,
+        stocks=[evaluate(p, quotes[p.symbol].price, stock_memories[p.symbol], now) for p in stocks],
+        short_calls=[
+            evaluate_short_call(
+                memory,
+                watch,
+                options.get(watch.option_conid),
+                quotes[watch.underlying].price if watch.underlying in quotes else None,
+                now,
+            )
+            for memory, watch in watches
+        ],
+        memories=memories,
+    )
 
 
 def exit_intent(evaluation: Evaluation) -> OrderIntent:
@@ -142,11 +219,39 @@ def exit_intent(evaluation: Evaluation) -> OrderIntent:
     )
 
 
+async def close_short_call(deps: WorkflowDeps, memory: PositionMemory, watch: ShortCallWatch, reason: str) -> None:
+    """Mark the short call's memory closed, in it and in the audit trail of the run that sold it."""
+    now = utc_now()
+    await deps.store.remember_position(
+        remembered(memory, watch.model_copy(update={"closed_at": now, "closed_reason": reason}), now)
+    )
+    await deps.audit.append(
+        "position_closed",
+        workflow="covered_call",
+        workflow_id=memory.workflow_id,
+        symbol=watch.underlying,
+        position=memory.symbol,
+        note=reason,
+    )
+
+
 class MonitorState(TradeState, total=False):
     evaluations: list[dict[str, Any]]
+    short_calls: list[dict[str, Any]]
+
+
+def _hold(rationale: str) -> MonitorState:
+    return {
+        "intent": None,
+        "recommendation": Recommendation(action="hold", rationale=rationale, source="rules").model_dump(),
+        "outcome": "hold",
+        "summary": f"hold: {rationale}",
+    }
 
 
 def build(deps: WorkflowDeps) -> StateGraph:
+    gated = dataclasses.replace(deps, risk=OptionRiskGate.around(deps.risk, deps.broker))
+
     async def remember(state: MonitorState) -> MonitorState:
         event = state.get("event") or {}
         symbol = str(event.get("symbol") or "").strip().upper()
@@ -164,35 +269,47 @@ def build(deps: WorkflowDeps) -> StateGraph:
         return {"symbol": symbol} if symbol else {}
 
     async def gather(state: MonitorState) -> MonitorState:
-        account_id, evaluations = await evaluate_positions(deps, state.get("symbol") or None)
+        look = await look_at_positions(deps, state.get("symbol") or None)
         return {
-            "account_id": account_id,
-            "evaluations": [e.model_dump(mode="json") for e in evaluations],
+            "account_id": look.account_id,
+            "evaluations": [e.model_dump(mode="json") for e in look.stocks],
+            "short_calls": [c.model_dump(mode="json") for c in look.short_calls],
             "decision": {},
         }
 
-    async def decide_exit(state: MonitorState) -> MonitorState:
+    async def decide(state: MonitorState) -> MonitorState:
+        """A started-for event decides what this run is about: a near-strike alert or one buy to close.
+        Otherwise (a run started by hand) the first stock exit met, else the first buy to close due."""
+        event = state.get("event") or {}
         evaluations = [Evaluation.model_validate(e) for e in state["evaluations"]]
-        chosen = next((e for e in evaluations if e.met), None)
-        if chosen is None:
-            lines = "; ".join(f"{e.symbol}: {e.reason}" for e in evaluations) or "no remembered open positions"
+        calls = [ShortCallStatus.model_validate(c) for c in state.get("short_calls") or []]
+        if event.get("rule") == NEAR_STRIKE:
             return {
                 "intent": None,
-                "recommendation": Recommendation(action="hold", rationale=lines, source="rules").model_dump(),
+                "recommendation": Recommendation(
+                    action="hold", rationale=str(event["condition"]), source="rules"
+                ).model_dump(),
+                "outcome": "hold",
+                "summary": f"alert: {event['condition']}",
             }
+        if event.get("position_key"):
+            call = next((c for c in calls if c.key == event["position_key"]), None)
+            if call is not None and call.close_due:
+                return await propose_close(state, call)
+            return _hold(f"nothing to buy back: {call.reason if call else event['position_key'] + ' is closed'}")
+        chosen = next((e for e in evaluations if e.met), None)
+        if chosen is not None:
+            return await propose_exit(state, chosen)
+        due = next((c for c in calls if c.close_due), None)
+        if due is not None:
+            return await propose_close(state, due)
+        lines = [f"{e.symbol}: {e.reason}" for e in evaluations] + [c.reason for c in calls]
+        return _hold("; ".join(lines) or "no remembered open positions")
+
+    async def propose_exit(state: MonitorState, chosen: Evaluation) -> MonitorState:
         intent = exit_intent(chosen)
         rationale = f"exit {chosen.symbol} ({chosen.met}): {chosen.reason}. Entry logic was: {chosen.entry_logic}"
-        await deps.audit.append(
-            "analysis",
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=chosen.symbol,
-            action=intent.side,
-            quantity=intent.quantity,
-            price=chosen.price,
-            claude_reasoning=rationale,
-            source="rules",
-        )
+        await _audit_analysis(state, intent, chosen.price, rationale)
         return {
             "symbol": chosen.symbol,
             "price": intent.reference_price,
@@ -207,9 +324,51 @@ def build(deps: WorkflowDeps) -> StateGraph:
             "proposal_details": {"exit_rule": chosen.met, "evaluation": chosen.model_dump(mode="json")},
         }
 
-    async def forget_closed(state: MonitorState) -> MonitorState:
+    async def propose_close(state: MonitorState, call: ShortCallStatus) -> MonitorState:
+        quote = (await option_quotes(deps.broker, [call.watch.option_conid])).get(call.watch.option_conid)
+        intent = close_intent(call, quote, WORKFLOW)
+        rationale = (
+            f"buy to close {call.key}: {call.days_to_expiry} day(s) to expiry (buy back "
+            f"{call.watch.buy_to_close_days_before_expiry} day(s) before expiry, set when it was sold). {call.reason}. "
+            f"Entry logic was: {call.entry_logic}"
+        )
+        await _audit_analysis(state, intent, intent.reference_price, rationale)
+        return {
+            "symbol": intent.symbol,
+            "price": intent.reference_price,
+            "intent": intent.model_dump(),
+            "recommendation": Recommendation(
+                action="buy",
+                quantity=intent.quantity,
+                order_type=intent.order_type,
+                limit_price=intent.limit_price,
+                rationale=rationale,
+                confidence=1.0,
+                source="rules",
+            ).model_dump(),
+            "proposal_details": close_details(call, intent),
+        }
+
+    async def _audit_analysis(state: MonitorState, intent: OrderIntent, price: float | None, rationale: str) -> None:
+        await deps.audit.append(
+            "analysis",
+            workflow=WORKFLOW,
+            workflow_id=state["workflow_id"],
+            symbol=intent.symbol,
+            action=intent.side,
+            quantity=intent.quantity,
+            price=price,
+            claude_reasoning=rationale,
+            source="rules",
+        )
+
+    async def close_memory(state: MonitorState) -> MonitorState:
         """After an exit fills, the memory of that entry is done with; a new entry writes a new one."""
-        if (state.get("order") or {}).get("status") == "filled":
+        order = state.get("order") or {}
+        if order.get("status") != "filled":
+            return {}
+        option = OrderIntent.model_validate(state["intent"]).option
+        if option is None:
             await deps.store.remember_position(
                 PositionMemory(
                     symbol=state["symbol"],
@@ -219,28 +378,40 @@ def build(deps: WorkflowDeps) -> StateGraph:
                     updated_at=utc_now(),
                 )
             )
+            return {}
+        key = option_label(option.underlying, option.expiry, option.strike, option.right)
+        memory = next((m for m in await deps.store.position_memories() if m.symbol == key), None)
+        watch = short_call_watch(memory) if memory is not None else None
+        if memory is not None and watch is not None and watch.closed_at is None:
+            contracts = order.get("filled_quantity") or order.get("quantity")
+            price = f" at ${order['avg_fill_price']:,.2f}" if order.get("avg_fill_price") else ""
+            reason = f"bought back {contracts:g} contract(s){price} by {state['workflow_id']}"
+            await close_short_call(deps, memory, watch, reason)
         return {}
 
-    write_record = make_record(deps, WORKFLOW, ("evaluations",))
+    write_record = make_record(deps, WORKFLOW, ("evaluations", "short_calls"))
 
     async def record(state: MonitorState) -> MonitorState:
         # LangGraph hands a node only the keys its annotation declares: this one declares MonitorState's.
         return await write_record(state)
 
+    def after_decide(state: MonitorState) -> Literal["check_risk", "record"]:
+        return "check_risk" if state.get("intent") else "record"
+
     graph = StateGraph(MonitorState)
     graph.add_node("remember", remember)
     graph.add_node("gather", gather)
-    graph.add_node("evaluate", decide_exit)
-    graph.add_node("check_risk", make_check_risk(deps, WORKFLOW))
+    graph.add_node("evaluate", decide)
+    graph.add_node("check_risk", make_check_risk(gated, WORKFLOW))
     graph.add_node("propose", make_propose(deps, WORKFLOW))
     graph.add_node("await_approval", await_approval)
     graph.add_node("execute", make_execute(deps, WORKFLOW))
-    graph.add_node("close_memory", forget_closed)
+    graph.add_node("close_memory", close_memory)
     graph.add_node("record", record)
     graph.add_edge(START, "remember")
     graph.add_edge("remember", "gather")
     graph.add_edge("gather", "evaluate")
-    graph.add_edge("evaluate", "check_risk")
+    graph.add_conditional_edges("evaluate", after_decide)
     graph.add_conditional_edges("check_risk", after_risk)
     graph.add_conditional_edges("propose", after_propose)
     graph.add_conditional_edges("await_approval", after_approval)
@@ -251,21 +422,24 @@ def build(deps: WorkflowDeps) -> StateGraph:
 
 
 class ExitEvent(TriggerEvent):
-    """An exit criterion met: its id names the position entry and the rule, so each is proposed once."""
+    """Something due on a remembered position: its id names the position entry and the rule (and the crossing,
+    for an alert), so each is acted on once. `position_key` names a short call's memory entry."""
 
     rule: str
+    position_key: str | None = None
 
 
 async def monitor_positions(runner: WorkflowRunner) -> list[str]:
-    """The periodic check: start a position_monitor run for each position whose exit criterion is met and
-    was not proposed before. Returns the workflow ids started."""
+    """The periodic check: start a position_monitor run for each stock exit criterion met, each near-strike
+    alert and each buy to close due, not acted on before; mark short calls that are over closed.
+    Returns the workflow ids started."""
     deps = runner.deps
-    _, evaluations = await evaluate_positions(deps)
+    look = await look_at_positions(deps)
     started: list[str] = []
-    for evaluation in evaluations:
+    for evaluation in look.stocks:
         if evaluation.met is None:
             continue
-        memory = {m.symbol: m for m in await deps.store.position_memories()}[evaluation.symbol]
+        memory = look.memories[evaluation.symbol]
         entered = evaluation.criteria.entered_at or memory.updated_at
         event_id = f"exit:{evaluation.symbol}:{memory.workflow_id}:{as_utc(entered):%Y%m%dT%H%M%S}:{evaluation.met}"
         if await deps.store.run_for_event(event_id) is not None:
@@ -283,4 +457,71 @@ async def monitor_positions(runner: WorkflowRunner) -> list[str]:
             ),
         )
         started.append(run.workflow_id)
+    for status in look.short_calls:
+        started += await watch_short_call(runner, status, look.memories[status.key])
+    return started
+
+
+async def watch_short_call(runner: WorkflowRunner, status: ShortCallStatus, memory: PositionMemory) -> list[str]:
+    """Act on one short call: close its memory when it is over; else alert (once per crossing), remember
+    what was seen, and start the buy to close when due (once per entry). The memory is written before the
+    buy-to-close run starts, since that run closes it when its order fills."""
+    deps = runner.deps
+    watch = status.watch
+    if status.over:
+        await close_short_call(deps, memory, watch, status.over)
+        return []
+    started: list[str] = []
+    changes: dict[str, Any] = {}
+    if status.contracts_held and not watch.held:
+        changes["held"] = True
+    if status.alert_due and status.underlying_price is not None:
+        alert = alert_text(status)
+        count = watch.alerts + 1
+        event = ExitEvent(
+            event_id=f"{NEAR_STRIKE}:{status.key}:{status.workflow_id}:{count}",
+            trigger_name=f"covered call near strike: {status.key}",
+            symbol=watch.underlying,
+            price=status.underlying_price,
+            condition=alert,
+            action=f"execute_workflow:{WORKFLOW}",
+            channel="urgent",
+            rule=NEAR_STRIKE,
+            position_key=status.key,
+        )
+        if await deps.store.run_for_event(event.event_id) is None:
+            # A market event on the urgent channel: the change watcher announces it to MCP clients.
+            if await deps.store.record_market_event(MarketEvent.of(event)):
+                await deps.audit.append(
+                    "position_alert",
+                    workflow="covered_call",
+                    workflow_id=status.workflow_id,
+                    symbol=watch.underlying,
+                    price=status.underlying_price,
+                    position=status.key,
+                    note=alert,
+                )
+            started.append((await runner.start(WORKFLOW, event=event)).workflow_id)
+        changes |= {"near_strike": True, "alerts": count, "last_alert": f"{utc_now():%Y-%m-%d %H:%M} UTC: {alert}"}
+    elif watch.near_strike and status.underlying_price is not None and not status.near_strike:
+        changes["near_strike"] = False  # re-armed: the next crossing alerts again
+    if changes:
+        await deps.store.remember_position(remembered(memory, watch.model_copy(update=changes), utc_now()))
+    if status.close_due:
+        event_id = f"{BUY_TO_CLOSE}:{status.key}:{status.workflow_id}"
+        if await deps.store.run_for_event(event_id) is None:
+            run = await runner.start(
+                WORKFLOW,
+                event=ExitEvent(
+                    event_id=event_id,
+                    trigger_name=f"buy to close: {status.key}",
+                    symbol=watch.underlying,
+                    price=status.underlying_price or watch.strike,
+                    condition=status.reason,
+                    action=f"execute_workflow:{WORKFLOW}",
+                    rule=BUY_TO_CLOSE,
+                    position_key=status.key,
+                ),
+            )
+            started.append(run.workflow_id)
     return started
