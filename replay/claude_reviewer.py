@@ -6,20 +6,18 @@ offline rules, and says so; nothing here applies a change — the user approves 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
 from pydantic import BaseModel, Field, ValidationError
 
 from poller.triggers import TriggerSpec
 from replay.report import ReplayReport
-from workflows.analyst import DEFAULT_CLAUDE_MODEL, describe_api_error, fence_data, token_usage
+from workflows.analyst import fence_data
+from workflows.claude_call import DEFAULT_CLAUDE_MODEL, ClaudeCaller
 from workflows.risk import RiskLimits
-from workflows.usage import TokenUsage, UsageLedger
+from workflows.usage import UsageLedger
 
 if TYPE_CHECKING:
     import anthropic
@@ -121,56 +119,34 @@ class ClaudeReviewer:
         timeout_s: float = 60,
         max_tokens: int = 2048,
     ) -> None:
-        import anthropic
-
         from replay.suggest import OfflineReviewer
 
         self.name = "claude"
-        self._client = client
-        self._usage = usage
-        self._model = model
-        self._daily_budget_usd = daily_budget_usd
-        self._timeout_s = timeout_s
-        self._max_tokens = max_tokens
+        self._caller = ClaudeCaller(
+            client,
+            usage=usage,
+            model=model,
+            daily_budget_usd=daily_budget_usd,
+            timeout_s=timeout_s,
+            max_tokens=max_tokens,
+            effort=None,
+        )
         self._fallback = OfflineReviewer()
-        self._api_errors: tuple[type[Exception], ...] = (anthropic.AnthropicError, TimeoutError)
-
-    def _body(self, data: dict[str, Any]) -> dict[str, Any]:
-        import anthropic
-
-        return {
-            "model": self._model,
-            "max_tokens": self._max_tokens,
-            "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": "Review these replayed outcomes.\n" + fence_data(data)}],
-            "output_config": {"format": {"type": "json_schema", "schema": anthropic.transform_schema(ReviewAnswer)}},
-        }
 
     async def review(
         self, report: ReplayReport, triggers: Sequence[TriggerSpec], limits: RiskLimits
     ) -> list[ParameterChange]:
-        spent_usd = await self._usage.spent_today_usd()
-        if spent_usd >= self._daily_budget_usd:
-            return self._offline(report, triggers, limits, f"daily Claude budget ${self._daily_budget_usd:,.2f} spent")
-        body = self._body(review_data(report, triggers, limits))
-        prompt_sha256 = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        try:
-            with anyio.fail_after(self._timeout_s):
-                message = await self._client.messages.create(**body, timeout=self._timeout_s)
-        except self._api_errors as error:
-            reason = describe_api_error(error)
-            await self._record(prompt_sha256, TokenUsage(), "", reason)
-            return self._offline(report, triggers, limits, reason)
-        text = "".join(block.text for block in message.content if block.type == "text")
-        try:
-            answer = ReviewAnswer.model_validate_json(text)
-        except ValidationError as error:
-            reason = f"Claude's review was not valid JSON for the schema ({error.errors()[0]['msg']})"
-            await self._record(prompt_sha256, token_usage(message.usage), text, reason)
-            return self._offline(report, triggers, limits, reason)
-        await self._record(prompt_sha256, token_usage(message.usage), text, None)
+        reply = await self._caller.ask(
+            workflow=WORKFLOW,
+            workflow_id=WORKFLOW,
+            system=SYSTEM_PROMPT,
+            prompt="Review these replayed outcomes.\n" + fence_data(review_data(report, triggers, limits)),
+            schema=ReviewAnswer,
+        )
+        if reply.answer is None:
+            return self._offline(report, triggers, limits, reply.problem or "no answer")
         changes: list[ParameterChange] = []
-        for proposed in answer.changes:
+        for proposed in reply.answer.changes:
             change, why_not = checked(proposed, triggers, limits)
             if change is None:
                 log.warning("Claude's proposed change dropped: %s", why_not)
@@ -183,14 +159,3 @@ class ClaudeReviewer:
     ) -> list[ParameterChange]:
         self.name = f"offline (Claude unavailable: {reason})"
         return self._fallback.review(report, triggers, limits)
-
-    async def _record(self, prompt_sha256: str, usage: TokenUsage, text: str, error: str | None) -> None:
-        await self._usage.record(
-            workflow=WORKFLOW,
-            workflow_id=WORKFLOW,
-            model=self._model,
-            usage=usage,
-            prompt_sha256=prompt_sha256,
-            response_text=text,
-            error=error,
-        )

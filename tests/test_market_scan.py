@@ -24,6 +24,7 @@ from mcp_overlay_server.app import Overlay, open_overlay
 from mcp_overlay_server.server import build_server
 from tests.anthropic_mock import MESSAGES_URL, message_json, mock_anthropic_client
 from tests.test_walking_skeleton import call, settings_for
+from workflows.claude_call import ClaudeCaller
 from workflows.graphs import market_scan
 from workflows.graphs.market_scan import ScanResult, latest_scan
 from workflows.runner import WorkflowRunner
@@ -142,7 +143,7 @@ async def test_claude_ranking_used_when_valid_and_fenced_headlines_change_nothin
         ]
     }
     route = router.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=message_json(json.dumps(answer))))
-    desk = ClaudeDesk(mock_anthropic_client(router), usage=overlay.usage)
+    desk = ClaudeDesk(ClaudeCaller(mock_anthropic_client(router), usage=overlay.usage))
     runner = WorkflowRunner(
         overlay.runner.deps,
         InMemorySaver(),

@@ -26,6 +26,7 @@ from mcp_overlay_server.app import Overlay, open_overlay
 from mcp_overlay_server.server import build_server
 from tests.anthropic_mock import MESSAGES_URL, message_json, mock_anthropic_client
 from tests.test_walking_skeleton import call, settings_for
+from workflows.claude_call import ClaudeCaller
 from workflows.graphs import vwap_order
 from workflows.graphs.vwap_order import allocate, volume_profile_weights
 from workflows.runner import WorkflowRunner
@@ -163,7 +164,7 @@ async def test_claude_reads_free_text_and_a_bad_reading_places_nothing(tmp_path:
     route = router.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=message_json(json.dumps(reading))))
     async with opened(tmp_path, market) as overlay:
         await enable_vwap(overlay)
-        desk = ClaudeDesk(mock_anthropic_client(router), usage=overlay.usage)
+        desk = ClaudeDesk(ClaudeCaller(mock_anthropic_client(router), usage=overlay.usage))
         runner = WorkflowRunner(
             overlay.runner.deps, InMemorySaver(), graphs={"vwap_order": partial(vwap_order.build, parser=desk)}
         )

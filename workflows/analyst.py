@@ -10,28 +10,24 @@ start should not pay for it when no API key is configured.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import re
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import anyio
 from pydantic import BaseModel, Field, ValidationError
 
 from broker.models import OrderType
+from workflows.claude_call import DEFAULT_CLAUDE_MODEL, ClaudeCaller, Effort, schema_problems
 from workflows.models import Action, Recommendation
-from workflows.usage import TokenUsage, UsageLedger
+from workflows.usage import UsageLedger
 
 if TYPE_CHECKING:
     import anthropic
-    from anthropic.types import Message, Usage
 
 log = logging.getLogger(__name__)
 
-# The current Sonnet (platform.claude.com models overview, 2026-11).
-DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
 MAX_LIMIT_DEVIATION_PCT = 10.0
 MAX_HEADLINES = 20
 MAX_HEADLINE_CHARS = 500
@@ -226,41 +222,40 @@ def check_answer(answer: ClaudeAnswer, request: AnalysisRequest) -> str | None:
     return None
 
 
-def token_usage(usage: Usage) -> TokenUsage:
-    cache_write_total = usage.cache_creation_input_tokens or 0
-    cache_write_1h = usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation else 0
-    return TokenUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_write_5m_tokens=cache_write_total - cache_write_1h,
-        cache_write_1h_tokens=cache_write_1h,
-        cache_read_tokens=usage.cache_read_input_tokens or 0,
+def interpret_answer(
+    text: str, request: AnalysisRequest, *, source: str, who: str
+) -> tuple[Recommendation, str | None]:
+    """`text` as a ClaudeAnswer checked against `request`'s limits: the recommendation, and the reason the
+    answer was rejected (None when it was used). A rejected answer becomes a hold that says why."""
+    try:
+        answer = ClaudeAnswer.model_validate_json(text)
+    except ValidationError as error:
+        rejection: str | None = f"{who}'s answer was not valid JSON for the schema ({schema_problems(error)})"
+    else:
+        rejection = check_answer(answer, request)
+        if rejection is None:
+            return recommendation_from(answer, source=source), None
+    log.warning("%s answer for %s %s rejected: %s", who, request.workflow, request.workflow_id, rejection)
+    return hold(f"{who}'s answer was rejected: {rejection}. Holding.", source=source), rejection
+
+
+def recommendation_from(answer: ClaudeAnswer, *, source: str) -> Recommendation:
+    if answer.action == "hold":
+        return Recommendation(action="hold", rationale=answer.rationale, confidence=answer.confidence, source=source)
+    return Recommendation(
+        action=answer.action,
+        quantity=answer.quantity,
+        order_type=answer.order_type,
+        limit_price=answer.limit_price if answer.order_type == "LMT" else None,
+        rationale=answer.rationale,
+        confidence=answer.confidence,
+        source=source,
     )
 
 
-def describe_api_error(error: Exception) -> str:
-    import anthropic
-
-    if isinstance(error, TimeoutError | anthropic.APITimeoutError):
-        return "Claude did not answer in time"
-    if isinstance(error, anthropic.APIStatusError):
-        kind = {429: "rate limited", 529: "overloaded", 401: "API key rejected", 403: "permission denied"}
-        what = kind.get(error.status_code, "API error")
-        return f"Claude {what} (HTTP {error.status_code}) after the SDK's retries"
-    if isinstance(error, anthropic.APIConnectionError):
-        return "could not connect to the Claude API"
-    return f"Claude API call failed ({type(error).__name__})"
-
-
 class ClaudeAnalyst:
-    """Claude's recommendation through the Messages API with a structured-output schema.
-
-    `timeout_s` bounds the whole call, the SDK's retries included. The answer is parsed and checked here
-    rather than by `messages.parse()`: parse raises inside the SDK on a malformed answer and loses the
-    response's `usage`, and the tokens of a rejected answer are still billed and must be counted.
-    Spending is checked before each call against `daily_budget_usd` (New York trading day, see usage.py);
-    two concurrent calls may both pass the check, so the budget can be overshot by one call.
-    """
+    """Claude's recommendation through the Messages API with a structured-output schema (claude_call.py:
+    budget, time bound, usage record). `caller` is shared with the covered-call analyst: one budget."""
 
     name = "claude"
 
@@ -273,121 +268,34 @@ class ClaudeAnalyst:
         daily_budget_usd: float = 5.0,
         max_tokens: int = 1024,
         timeout_s: float = 30,
-        effort: Literal["low", "medium", "high"] | None = "low",
+        effort: Effort | None = "low",
     ) -> None:
-        import anthropic
-
-        self._client = client
-        self._model = model
-        self._usage = usage
-        self._daily_budget_usd = daily_budget_usd
-        self._max_tokens = max_tokens
-        self._timeout_s = timeout_s
-        # Current models think adaptively by default and thinking counts toward max_tokens; low effort keeps
-        # a short answer from being cut off. None leaves the model's default (for models without effort).
-        self._effort = effort
-        self._api_errors: tuple[type[Exception], ...] = (anthropic.AnthropicError, TimeoutError)
-
-    def _request_body(self, request: AnalysisRequest) -> dict[str, Any]:
-        import anthropic
-
-        output_config: dict[str, Any] = {
-            "format": {"type": "json_schema", "schema": anthropic.transform_schema(ClaudeAnswer)}
-        }
-        if self._effort is not None:
-            output_config["effort"] = self._effort
-        return {
-            "model": self._model,
-            "max_tokens": self._max_tokens,
-            "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": user_prompt(request)}],
-            "output_config": output_config,
-        }
+        self.caller = ClaudeCaller(
+            client,
+            usage=usage,
+            model=model,
+            daily_budget_usd=daily_budget_usd,
+            max_tokens=max_tokens,
+            timeout_s=timeout_s,
+            effort=effort,
+        )
 
     async def recommend(self, request: AnalysisRequest) -> Recommendation:
-        spent_usd = await self._usage.spent_today_usd()
-        if spent_usd >= self._daily_budget_usd:
-            return hold(
-                f"daily Claude budget ${self._daily_budget_usd:,.2f} spent (${spent_usd:,.2f} today, "
-                "New York time); no analysis until midnight ET",
-                source=self.name,
-            )
-        body = self._request_body(request)
-        prompt_sha256 = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        try:
-            with anyio.fail_after(self._timeout_s):
-                message = await self._client.messages.create(**body, timeout=self._timeout_s)
-        except self._api_errors as error:
-            reason = describe_api_error(error)
-            log.warning("Claude call for %s %s failed: %s", request.workflow, request.workflow_id, reason)
-            await self._record(request, prompt_sha256, model=self._model, usage=TokenUsage(), error=reason)
-            return hold(f"No Claude analysis: {reason}. Holding.", source=self.name)
-
-        text = "".join(block.text for block in message.content if block.type == "text")
-        recommendation, rejection = self._interpret(message, text, request)
-        await self._record(
-            request,
-            prompt_sha256,
-            model=message.model or self._model,
-            usage=token_usage(message.usage),
-            response_text=text,
-            error=rejection,
-        )
-        return recommendation
-
-    def _interpret(self, message: Message, text: str, request: AnalysisRequest) -> tuple[Recommendation, str | None]:
-        """The recommendation, and the reason Claude's answer was rejected (None when it was used)."""
-        if message.stop_reason not in ("end_turn", "stop_sequence"):
-            rejection = f"Claude stopped early ({message.stop_reason}) without a complete answer"
-        else:
-            try:
-                answer = ClaudeAnswer.model_validate_json(text)
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in error.errors()[:3]
-                )
-                rejection = f"Claude's answer was not valid JSON for the schema ({problems})"
-            else:
-                rejection = check_answer(answer, request)
-                if rejection is None:
-                    return self._recommendation(answer), None
-        log.warning("Claude answer for %s %s rejected: %s", request.workflow, request.workflow_id, rejection)
-        return hold(f"Claude's answer was rejected: {rejection}. Holding.", source=self.name), rejection
-
-    def _recommendation(self, answer: ClaudeAnswer) -> Recommendation:
-        if answer.action == "hold":
-            return Recommendation(
-                action="hold", rationale=answer.rationale, confidence=answer.confidence, source=self.name
-            )
-        return Recommendation(
-            action=answer.action,
-            quantity=answer.quantity,
-            order_type=answer.order_type,
-            limit_price=answer.limit_price if answer.order_type == "LMT" else None,
-            rationale=answer.rationale,
-            confidence=answer.confidence,
-            source=self.name,
-        )
-
-    async def _record(
-        self,
-        request: AnalysisRequest,
-        prompt_sha256: str,
-        *,
-        model: str,
-        usage: TokenUsage,
-        response_text: str = "",
-        error: str | None,
-    ) -> None:
-        await self._usage.record(
+        reply = await self.caller.ask(
             workflow=request.workflow,
             workflow_id=request.workflow_id,
-            model=model,
-            usage=usage,
-            prompt_sha256=prompt_sha256,
-            response_text=response_text,
-            error=error,
+            system=SYSTEM_PROMPT,
+            prompt=user_prompt(request),
+            schema=ClaudeAnswer,
+            check=lambda answer: check_answer(answer, request),
         )
+        if reply.answer is not None:
+            return recommendation_from(reply.answer, source=self.name)
+        why = {
+            "budget": f"{reply.problem}; no analysis until midnight ET",
+            "api": f"No Claude analysis: {reply.problem}. Holding.",
+        }.get(reply.kind or "", f"Claude's answer was rejected: {reply.problem}. Holding.")
+        return hold(why, source=self.name)
 
 
 def build_analyst(
@@ -399,7 +307,7 @@ def build_analyst(
     max_tokens: int = 1024,
     timeout_s: float = 30,
     max_retries: int = 2,
-    effort: Literal["low", "medium", "high"] | None = "low",
+    effort: Effort | None = "low",
 ) -> Analyst:
     """Claude when an API key is given, else the offline rules."""
     if not api_key:

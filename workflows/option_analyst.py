@@ -9,24 +9,14 @@ Without an API key an offline rule answers, labelled as such.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import anyio
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from workflows.analyst import (
-    DATA_TAG,
-    Analyst,
-    ClaudeAnalyst,
-    describe_api_error,
-    fence_data,
-    token_usage,
-)
-from workflows.usage import TokenUsage
+from workflows.analyst import DATA_TAG, Analyst, ClaudeAnalyst, fence_data
+from workflows.claude_call import ClaudeCaller
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +152,14 @@ def check_call_answer(answer: ClaudeCallAnswer, request: CoveredCallRequest) -> 
 
 
 class ClaudeCoveredCallAnalyst:
-    """Claude picks the call, through the same client, model, budget and usage ledger as the stock analyst."""
+    """Claude picks the call, through the stock analyst's caller: the same client, model, budget and ledger."""
 
     name = "claude"
 
-    def __init__(self, analyst: ClaudeAnalyst) -> None:
-        # The stock analyst owns the API client and the budget; both analysts must spend from one ledger.
-        self._analyst = analyst
+    def __init__(self, caller: ClaudeCaller) -> None:
+        self._caller = caller
 
-    def _body(self, request: CoveredCallRequest) -> dict[str, Any]:
-        import anthropic
-
+    async def choose(self, request: CoveredCallRequest) -> CoveredCallChoice:
         data = request.model_dump(exclude={"workflow_id"})
         prompt = (
             "Pick the covered call to sell, or hold, for the position in the "
@@ -181,87 +168,34 @@ class ClaudeCoveredCallAnalyst:
             f"- delta: at most {request.max_delta:g} (the chance of assignment, roughly)\n"
             f"- pick a conid from the candidates only\n\n{fence_data(data)}"
         )
-        output_config: dict[str, Any] = {
-            "format": {"type": "json_schema", "schema": anthropic.transform_schema(ClaudeCallAnswer)}
-        }
-        if self._analyst._effort is not None:
-            output_config["effort"] = self._analyst._effort
-        return {
-            "model": self._analyst._model,
-            "max_tokens": self._analyst._max_tokens,
-            "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": prompt}],
-            "output_config": output_config,
-        }
-
-    async def choose(self, request: CoveredCallRequest) -> CoveredCallChoice:
-        analyst = self._analyst
-        spent_usd = await analyst._usage.spent_today_usd()
-        if spent_usd >= analyst._daily_budget_usd:
-            return _hold(f"daily Claude budget ${analyst._daily_budget_usd:,.2f} spent; no analysis", self.name)
-        body = self._body(request)
-        prompt_sha256 = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        try:
-            with anyio.fail_after(analyst._timeout_s):
-                message = await analyst._client.messages.create(**body, timeout=analyst._timeout_s)
-        except analyst._api_errors as error:
-            reason = describe_api_error(error)
-            await self._record(request, prompt_sha256, analyst._model, TokenUsage(), "", reason)
-            return _hold(f"No Claude analysis: {reason}. Holding.", self.name)
-        text = "".join(block.text for block in message.content if block.type == "text")
-        choice, rejection = self._interpret(message.stop_reason, text, request)
-        await self._record(
-            request, prompt_sha256, message.model or analyst._model, token_usage(message.usage), text, rejection
-        )
-        return choice
-
-    def _interpret(
-        self, stop_reason: str | None, text: str, request: CoveredCallRequest
-    ) -> tuple[CoveredCallChoice, str | None]:
-        if stop_reason not in ("end_turn", "stop_sequence"):
-            rejection = f"Claude stopped early ({stop_reason}) without a complete answer"
-        else:
-            try:
-                answer = ClaudeCallAnswer.model_validate_json(text)
-            except ValidationError as error:
-                rejection = f"Claude's answer was not valid JSON for the schema ({error.errors()[0]['msg']})"
-            else:
-                rejection = check_call_answer(answer, request)
-                if rejection is None:
-                    if answer.action == "hold":
-                        return _hold(answer.rationale, self.name), None
-                    return CoveredCallChoice(
-                        conid=answer.conid,
-                        contracts=answer.contracts,
-                        rationale=answer.rationale,
-                        confidence=answer.confidence,
-                        source=self.name,
-                    ), None
-        log.warning("Claude covered-call answer for %s rejected: %s", request.workflow_id, rejection)
-        return _hold(f"Claude's answer was rejected: {rejection}. Holding.", self.name), rejection
-
-    async def _record(
-        self,
-        request: CoveredCallRequest,
-        prompt_sha256: str,
-        model: str,
-        usage: TokenUsage,
-        response_text: str,
-        error: str | None,
-    ) -> None:
-        await self._analyst._usage.record(
+        reply = await self._caller.ask(
             workflow=request.workflow,
             workflow_id=request.workflow_id,
-            model=model,
-            usage=usage,
-            prompt_sha256=prompt_sha256,
-            response_text=response_text,
-            error=error,
+            system=SYSTEM_PROMPT,
+            prompt=prompt,
+            schema=ClaudeCallAnswer,
+            check=lambda answer: check_call_answer(answer, request),
+        )
+        answer = reply.answer
+        if answer is None:
+            why = {
+                "budget": f"{reply.problem}; no analysis",
+                "api": f"No Claude analysis: {reply.problem}. Holding.",
+            }.get(reply.kind or "", f"Claude's answer was rejected: {reply.problem}. Holding.")
+            return _hold(why, self.name)
+        if answer.action == "hold":
+            return _hold(answer.rationale, self.name)
+        return CoveredCallChoice(
+            conid=answer.conid,
+            contracts=answer.contracts,
+            rationale=answer.rationale,
+            confidence=answer.confidence,
+            source=self.name,
         )
 
 
 def covered_call_analyst(analyst: Analyst) -> CoveredCallAnalyst:
     """Claude when the workflow's analyst is Claude, else the offline rule."""
     if isinstance(analyst, ClaudeAnalyst):
-        return ClaudeCoveredCallAnalyst(analyst)
+        return ClaudeCoveredCallAnalyst(analyst.caller)
     return OfflineCoveredCallRules()

@@ -9,28 +9,24 @@ and say so. Every Claude call is recorded in the usage ledger and stops at the d
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-import anyio
 from pydantic import BaseModel, Field, ValidationError
 
 from broker.models import Side
-from workflows.analyst import DATA_TAG, DEFAULT_CLAUDE_MODEL, describe_api_error, fence_data, token_usage
-from workflows.usage import TokenUsage, UsageLedger
-
-if TYPE_CHECKING:
-    import anthropic
+from workflows.analyst import DATA_TAG, fence_data
+from workflows.claude_call import DEFAULT_CLAUDE_MODEL, ClaudeCaller, schema_problems
+from workflows.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
 Bias = Literal["bullish", "bearish", "neutral"]
 OFFLINE = "offline"
 OFFLINE_LABEL = "Rule-based offline ranking (no Claude)"
+SCAN_MAX_TOKENS = 2048
 MAX_WINDOW_MINUTES = 390
 MAX_SLICES = 60
 DEFAULT_WINDOW_MINUTES = 30
@@ -184,16 +180,12 @@ def parse_order_request(text: str) -> ParseOutcome:
     try:
         return ParseOutcome(intent=OrderRequestIntent(**fields))
     except ValidationError as error:
-        return ParseOutcome(intent=None, reason=f"request out of range: {_problems(error)}")
+        return ParseOutcome(intent=None, reason=f"request out of range: {schema_problems(error)}")
 
 
 class GrammarOrderParser:
     async def parse(self, text: str, *, workflow_id: str) -> ParseOutcome:
         return parse_order_request(text)
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in error.errors()[:3])
 
 
 # ---------------------------------------------------------------- Claude
@@ -272,123 +264,60 @@ def check_order_answer(answer: ClaudeOrderAnswer) -> tuple[OrderRequestIntent | 
     try:
         return OrderRequestIntent(**fields), answer.reason
     except ValidationError as error:
-        return None, f"Claude's reading is out of range: {_problems(error)}"
+        return None, f"Claude's reading is out of range: {schema_problems(error)}"
 
 
 class ClaudeDesk:
-    """Claude for scan ranking and for reading requests the grammar cannot. Structured output, validated;
-    usage and cost recorded per call; the daily budget is checked before each call."""
+    """Claude for scan ranking and for reading requests the grammar cannot, through a ClaudeCaller
+    (structured output, validated; usage and cost recorded per call; the daily budget checked first)."""
 
     name = "claude"
 
-    def __init__(
-        self,
-        client: anthropic.AsyncAnthropic,
-        *,
-        usage: UsageLedger,
-        model: str = DEFAULT_CLAUDE_MODEL,
-        daily_budget_usd: float = 5.0,
-        max_tokens: int = 2048,
-        timeout_s: float = 30,
-    ) -> None:
-        import anthropic
-
-        self._client = client
-        self._usage = usage
-        self._model = model
-        self._daily_budget_usd = daily_budget_usd
-        self._max_tokens = max_tokens
-        self._timeout_s = timeout_s
-        self._api_errors: tuple[type[Exception], ...] = (anthropic.AnthropicError, TimeoutError)
+    def __init__(self, caller: ClaudeCaller) -> None:
+        self._caller = caller
 
     async def rank(self, candidates: list[ScanCandidate], *, workflow_id: str) -> ScanRanking:
         data = {"watchlist": [c.model_dump(exclude_none=True) for c in candidates]}
-        prompt = f"Rank the opportunities among these symbols.\n\n{fence_data(data)}"
-        text, problem = await self._ask("market_scan", workflow_id, SCAN_SYSTEM, prompt, ClaudeScanAnswer)
-        if problem is None:
-            try:
-                answer = ClaudeScanAnswer.model_validate_json(text)
-            except ValidationError as error:
-                problem = f"Claude's answer was not valid JSON for the schema ({_problems(error)})"
-            else:
-                problem = check_scan_answer(answer, candidates)
-                if problem is None:
-                    return ScanRanking(
-                        opportunities=[
-                            RankedOpportunity(rank=i, symbol=item.symbol, bias=item.bias, rationale=item.rationale)
-                            for i, item in enumerate(answer.opportunities, start=1)
-                        ],
-                        source=self.name,
-                    )
-        log.warning("scan %s: Claude ranking not used: %s", workflow_id, problem)
-        return offline_ranking(
-            candidates,
-            source="offline-fallback",
-            note=f"Claude's ranking was not used ({problem}); {OFFLINE_LABEL} instead.",
+        reply = await self._caller.ask(
+            workflow="market_scan",
+            workflow_id=workflow_id,
+            system=SCAN_SYSTEM,
+            prompt=f"Rank the opportunities among these symbols.\n\n{fence_data(data)}",
+            schema=ClaudeScanAnswer,
+            check=lambda answer: check_scan_answer(answer, candidates),
+            max_tokens=SCAN_MAX_TOKENS,
+        )
+        if reply.answer is None:
+            log.warning("scan %s: Claude ranking not used: %s", workflow_id, reply.problem)
+            return offline_ranking(
+                candidates,
+                source="offline-fallback",
+                note=f"Claude's ranking was not used ({reply.problem}); {OFFLINE_LABEL} instead.",
+            )
+        return ScanRanking(
+            opportunities=[
+                RankedOpportunity(rank=i, symbol=item.symbol, bias=item.bias, rationale=item.rationale)
+                for i, item in enumerate(reply.answer.opportunities, start=1)
+            ],
+            source=self.name,
         )
 
     async def parse(self, text: str, *, workflow_id: str) -> ParseOutcome:
         by_grammar = parse_order_request(text)
         if by_grammar.intent is not None:
             return by_grammar
-        prompt = f"Read this trading request.\n\n{fence_data({'request': text[:500]})}"
-        answer_text, problem = await self._ask("vwap_order", workflow_id, ORDER_SYSTEM, prompt, ClaudeOrderAnswer)
-        if problem is not None:
-            return ParseOutcome(intent=None, reason=f"{by_grammar.reason}; Claude: {problem}")
-        try:
-            answer = ClaudeOrderAnswer.model_validate_json(answer_text)
-        except ValidationError as error:
-            return ParseOutcome(intent=None, reason=f"Claude's answer was not valid JSON ({_problems(error)})")
-        intent, reason = check_order_answer(answer)
-        return ParseOutcome(intent=intent, reason=reason)
-
-    async def _ask(
-        self, workflow: str, workflow_id: str, system: str, prompt: str, schema: type[BaseModel]
-    ) -> tuple[str, str | None]:
-        """Claude's text answer, and why it cannot be used (None when it may be parsed)."""
-        import anthropic
-
-        spent_usd = await self._usage.spent_today_usd()
-        if spent_usd >= self._daily_budget_usd:
-            return "", f"daily Claude budget ${self._daily_budget_usd:,.2f} spent (${spent_usd:,.2f} today)"
-        body: dict[str, Any] = {
-            "model": self._model,
-            "max_tokens": self._max_tokens,
-            "system": system,
-            "messages": [{"role": "user", "content": prompt}],
-            "output_config": {"format": {"type": "json_schema", "schema": anthropic.transform_schema(schema)}},
-        }
-        prompt_sha256 = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        try:
-            with anyio.fail_after(self._timeout_s):
-                message = await self._client.messages.create(**body, timeout=self._timeout_s)
-        except self._api_errors as error:
-            reason = describe_api_error(error)
-            await self._usage.record(
-                workflow=workflow,
-                workflow_id=workflow_id,
-                model=self._model,
-                usage=TokenUsage(),
-                prompt_sha256=prompt_sha256,
-                error=reason,
-            )
-            return "", reason
-        text = "".join(block.text for block in message.content if block.type == "text")
-        problem = (
-            None
-            if message.stop_reason in ("end_turn", "stop_sequence")
-            else f"Claude stopped early ({message.stop_reason})"
-        )
-        await self._usage.record(
-            workflow=workflow,
+        reply = await self._caller.ask(
+            workflow="vwap_order",
             workflow_id=workflow_id,
-            model=message.model or self._model,
-            usage=token_usage(message.usage),
-            prompt_sha256=prompt_sha256,
-            response_text=text,
-            error=problem,
+            system=ORDER_SYSTEM,
+            prompt=f"Read this trading request.\n\n{fence_data({'request': text[:500]})}",
+            schema=ClaudeOrderAnswer,
+            max_tokens=SCAN_MAX_TOKENS,
         )
-        return text, problem
+        if reply.answer is None:
+            return ParseOutcome(intent=None, reason=f"{by_grammar.reason}; Claude: {reply.problem}")
+        intent, reason = check_order_answer(reply.answer)
+        return ParseOutcome(intent=intent, reason=reason)
 
 
 def build_desk(
@@ -406,5 +335,7 @@ def build_desk(
     import anthropic
 
     client = anthropic.AsyncAnthropic(api_key=api_key, max_retries=max_retries, timeout=timeout_s)
-    desk = ClaudeDesk(client, usage=usage, model=model, daily_budget_usd=daily_budget_usd, timeout_s=timeout_s)
+    desk = ClaudeDesk(
+        ClaudeCaller(client, usage=usage, model=model, daily_budget_usd=daily_budget_usd, timeout_s=timeout_s)
+    )
     return desk, desk

@@ -8,6 +8,8 @@ session, which is where a UTC midnight falls.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
@@ -196,6 +198,21 @@ class UsageLedger:
         self.audit = audit
         self._engine = engine
         self._owns_engine = owns_engine
+        self._reserved_usd = 0.0
+
+    @property
+    def reserved_usd(self) -> float:
+        """The worst-case cost of the Claude calls under way in this process, not yet recorded."""
+        return self._reserved_usd
+
+    @contextmanager
+    def reservation(self, usd: float) -> Iterator[None]:
+        """Hold `usd` against the budget while a call is under way, so concurrent calls see each other."""
+        self._reserved_usd += usd
+        try:
+            yield
+        finally:
+            self._reserved_usd -= usd
 
     @classmethod
     async def in_memory(cls) -> UsageLedger:
@@ -224,7 +241,9 @@ class UsageLedger:
         response_text: str = "",
         error: str | None = None,
         now: datetime | None = None,
+        cost_usd: float | None = None,
     ) -> ClaudeCall:
+        """Record one call. `cost_usd` overrides the price list (0 for a call the MCP client paid for)."""
         ts = now or datetime.now(UTC)
         call = ClaudeCall(
             ts=ts,
@@ -236,7 +255,7 @@ class UsageLedger:
             output_tokens=usage.output_tokens,
             cache_write_tokens=usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
             cache_read_tokens=usage.cache_read_tokens,
-            cost_usd=cost_usd(model, usage),
+            cost_usd=price_of(model).cost_usd(usage) if cost_usd is None else cost_usd,
             prompt_sha256=prompt_sha256,
             response_text=response_text[:RESPONSE_TEXT_MAX_CHARS],
             ok=error is None,
