@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from broker.client import BrokerClient
 from broker.errors import BrokerError
@@ -14,6 +14,7 @@ from workflows.store import WorkflowStore
 if TYPE_CHECKING:
     from workflows.analyst import Analyst
     from workflows.audit import AuditLog
+    from workflows.usage import UsageLedger
 
 
 class RiskGate(Protocol):
@@ -34,6 +35,8 @@ class TradingSettings:
     """How long approve_trade waits for the run to finish before reporting it as still running."""
     auto_approve_under_usd: Mapping[str, float] = field(default_factory=dict)
     """Per workflow: proposals at or under this notional are approved without asking (paper mode only)."""
+    brackets: Literal["auto", "on", "off"] = "auto"
+    """Exits held at the broker as bracket orders: when IB_MCP takes them (auto), always (on), never (off)."""
 
     def auto_approve_limit_usd(self, workflow: str) -> float | None:
         return self.auto_approve_under_usd.get(workflow) if self.mode == "paper" else None
@@ -46,6 +49,7 @@ class WorkflowDeps:
     analyst: Analyst
     risk: RiskGate
     audit: AuditLog
+    usage: UsageLedger
     trading: TradingSettings = field(default_factory=TradingSettings)
 
     async def trading_account(self) -> str:

@@ -1,18 +1,22 @@
 """price_alert (the seed's "Workflow 1"): a trigger fired; add, take profit, or hold?
 
 gather -> analyse -> check_risk -> propose -> await_approval -> execute -> record
+The analyst is the overlay's (Claude, or offline rules), or, for a run started with the client's sampled
+answer in its event, that answer checked the same way (workflows/client_analyst.py).
 A hold, a risk denial or a rejection goes straight to record; a price that drifted too far by approval
 time loops back to gather for a fresh proposal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
 from workflows.analyst import AnalysisRequest
+from workflows.client_analyst import analyst_for
 from workflows.deps import WorkflowDeps
 from workflows.graphs.common import (
     TradeState,
@@ -25,6 +29,7 @@ from workflows.graphs.common import (
     make_execute,
     make_propose,
     make_record,
+    read_account_for_run,
 )
 from workflows.models import OrderIntent, Recommendation
 
@@ -59,43 +64,54 @@ def intent_from(recommendation: Recommendation, symbol: str, price: float) -> Or
     )
 
 
+async def gather_inputs(deps: WorkflowDeps, event: dict[str, Any]) -> PriceAlertState:
+    """Account, position and quote for the event's symbol: what the analyst is shown."""
+    symbol = event["symbol"].upper()
+    account_id = await deps.trading_account()
+    quotes, (summary, positions, account_read) = await asyncio.gather(
+        deps.broker.quotes([symbol]), read_account_for_run(deps, account_id)
+    )
+    quote = quotes[symbol]
+    position = next((p for p in positions if p.symbol == symbol and p.asset_class == "STK"), None)
+    return {
+        "symbol": symbol,
+        "account_id": account_id,
+        "price": quote.price or float(event["price"]),
+        "position_qty": position.quantity if position else 0.0,
+        "position_avg_cost": position.avg_cost if position else None,
+        "cash_usd": summary.cash_usd,
+        "net_liquidation_usd": summary.net_liquidation_usd,
+        "account_read": account_read,
+    }
+
+
+def analysis_request(deps: WorkflowDeps, state: PriceAlertState) -> AnalysisRequest:
+    event: dict[str, Any] = state["event"]
+    return AnalysisRequest(
+        workflow=WORKFLOW,
+        workflow_id=state["workflow_id"],
+        symbol=state["symbol"],
+        question=_question(state["symbol"], state["price"], event["condition"], state["position_qty"]),
+        price=state["price"],
+        position_qty=state["position_qty"],
+        position_avg_cost=state.get("position_avg_cost"),
+        cash_usd=state.get("cash_usd"),
+        net_liquidation_usd=state.get("net_liquidation_usd"),
+        trigger_condition=event["condition"],
+        trigger_name=event.get("trigger_name"),
+        indicators=event.get("indicators") or {},
+        recent_prices=event.get("recent_prices") or [],
+        max_order_notional_usd=deps.trading.max_order_notional_usd,
+    )
+
+
 def build(deps: WorkflowDeps) -> StateGraph:
     async def gather(state: PriceAlertState) -> PriceAlertState:
-        symbol = state["event"]["symbol"].upper()
-        account_id = await deps.trading_account()
-        quote = (await deps.broker.quotes([symbol]))[symbol]
-        summary = await deps.broker.account_summary(account_id)
-        position = await deps.broker.position(account_id, symbol)
-        return {
-            "symbol": symbol,
-            "account_id": account_id,
-            "price": quote.price or float(state["event"]["price"]),
-            "position_qty": position.quantity if position else 0.0,
-            "position_avg_cost": position.avg_cost if position else None,
-            "cash_usd": summary.cash_usd,
-            "net_liquidation_usd": summary.net_liquidation_usd,
-            "decision": {},
-        }
+        return {**await gather_inputs(deps, state["event"]), "decision": {}}
 
     async def analyse(state: PriceAlertState) -> PriceAlertState:
-        event: dict[str, Any] = state["event"]
-        request = AnalysisRequest(
-            workflow=WORKFLOW,
-            workflow_id=state["workflow_id"],
-            symbol=state["symbol"],
-            question=_question(state["symbol"], state["price"], event["condition"], state["position_qty"]),
-            price=state["price"],
-            position_qty=state["position_qty"],
-            position_avg_cost=state.get("position_avg_cost"),
-            cash_usd=state.get("cash_usd"),
-            net_liquidation_usd=state.get("net_liquidation_usd"),
-            trigger_condition=event["condition"],
-            trigger_name=event.get("trigger_name"),
-            indicators=event.get("indicators") or {},
-            recent_prices=event.get("recent_prices") or [],
-            max_order_notional_usd=deps.trading.max_order_notional_usd,
-        )
-        recommendation = await deps.analyst.recommend(request)
+        analyst = analyst_for(state["event"], deps.analyst, deps.usage)
+        recommendation = await analyst.recommend(analysis_request(deps, state))
         await audit_recommendation(deps, WORKFLOW, state, recommendation)
         intent = intent_from(recommendation, state["symbol"], state["price"])
         return {"recommendation": recommendation.model_dump(), "intent": intent.model_dump() if intent else None}
