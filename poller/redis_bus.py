@@ -9,6 +9,9 @@ Consumers share one consumer group, so each event goes to one worker. Delivery i
 - entries another worker read but did not acknowledge within `claim_idle_ms` (it died) are taken over
   with XAUTOCLAIM and handed out again with `redelivered=True`.
 A redelivered event keeps its `event_id`; the workflow store deduplicates by it.
+An entry delivered more than `max_deliveries` times without an ack (a poison event: every worker that takes
+it dies) is moved to `<prefix>:dead` with its delivery count and acknowledged, so it stops taking workers
+down; `XRANGE <prefix>:dead - +` shows what was set aside.
 
 Redis going away: `publish` never raises for it. The event waits in a bounded in-memory buffer (oldest
 dropped, and counted, once `buffer_size` is reached) and a background task re-publishes the buffer in order,
@@ -72,6 +75,7 @@ class RedisStreamBus:
         group: str = DEFAULT_GROUP,
         consumer: str | None = None,
         claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
         maxlen: int = 100_000,
         block_ms: int = 1_000,
         batch_size: int = 16,
@@ -81,6 +85,8 @@ class RedisStreamBus:
     ) -> None:
         self.url = url
         self.streams: dict[Channel, str] = {channel: f"{stream_prefix}:{channel}" for channel in CHANNELS}
+        self.dead_letters = f"{stream_prefix}:dead"
+        self.max_deliveries = max_deliveries
         self.group = group
         self.consumer = consumer or default_consumer_name()
         self.claim_idle_ms = claim_idle_ms
@@ -219,6 +225,35 @@ class RedisStreamBus:
             deliveries.extend(await self._deliveries_from({stream: claimed}, redelivered=True))
         return deliveries
 
+    async def _set_aside_poison(self, stream: str, entries: list[Any]) -> list[Any]:
+        """`entries` without those delivered more than `max_deliveries` times, which go to the dead letters."""
+        if not entries:
+            return entries
+        ids = [entry_id for entry_id, _ in entries]
+        pending = await self._redis.xpending_range(stream, self.group, min=min(ids), max=max(ids), count=len(ids) * 2)
+        deliveries = {row["message_id"]: row["times_delivered"] for row in pending}
+        kept: list[Any] = []
+        for entry_id, fields in entries:
+            count = deliveries.get(entry_id, 0)
+            if count <= self.max_deliveries:
+                kept.append((entry_id, fields))
+                continue
+            await self._redis.xadd(
+                self.dead_letters,
+                {**(fields or {}), "stream": stream, "entry_id": entry_id, "deliveries": str(count)},
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+            await self._redis.xack(stream, self.group, entry_id)
+            log.error(
+                "entry %s on %s was delivered %d times and never acknowledged: moved to %s",
+                entry_id,
+                stream,
+                count,
+                self.dead_letters,
+            )
+        return kept
+
     async def _read_new(self) -> list[Delivery]:
         urgent = self.streams["urgent"]
         reply = await self._redis.xreadgroup(self.group, self.consumer, {urgent: ">"}, count=self.batch_size)
@@ -237,7 +272,10 @@ class RedisStreamBus:
         deliveries: list[Delivery] = []
         for channel in CHANNELS:
             stream = self.streams[channel]
-            for entry_id, fields in by_stream.get(stream, []):
+            entries = by_stream.get(stream, [])
+            if redelivered:
+                entries = await self._set_aside_poison(stream, entries)
+            for entry_id, fields in entries:
                 event = _decode(stream, entry_id, fields)
                 if event is None:
                     await self._redis.xack(stream, self.group, entry_id)

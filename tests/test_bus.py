@@ -151,6 +151,45 @@ async def test_unacknowledged_event_of_a_dead_consumer_is_claimed_by_another(str
 
 @pytest.mark.redis
 @pytest.mark.anyio
+async def test_a_poison_event_that_kills_every_worker_is_set_aside_after_max_deliveries(stream_prefix: str) -> None:
+    publisher = RedisStreamBus(REDIS_URL, stream_prefix=stream_prefix)
+    poison = _event("poison", "urgent")
+    await publisher.publish(poison)
+    seen: list[Delivery] = []
+    for worker in range(2):
+        # each worker takes the event and dies before acknowledging it
+        bus = RedisStreamBus(
+            REDIS_URL, stream_prefix=stream_prefix, consumer=f"worker-{worker}", claim_idle_ms=0, max_deliveries=2
+        )
+        deliveries = bus.deliveries()
+        seen.extend(await _take(deliveries, 1))
+        await deliveries.aclose()
+        await bus.aclose()
+    await publisher.publish(_event("healthy", "urgent"))
+    last = RedisStreamBus(
+        REDIS_URL, stream_prefix=stream_prefix, consumer="worker-3", claim_idle_ms=0, max_deliveries=2
+    )
+    deliveries = last.deliveries()
+    (next_one,) = await _take(deliveries, 1)
+    await next_one.ack()
+    await deliveries.aclose()
+    await last.aclose()
+    await publisher.aclose()
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    dead = await redis.xrange(f"{stream_prefix}:dead")
+    pending = await redis.xpending(f"{stream_prefix}:urgent", "overlay-workers")
+    await redis.aclose()
+
+    assert [d.event.event_id for d in seen] == [poison.event_id] * 2
+    assert next_one.event.trigger_name == "healthy"
+    [(_, fields)] = dead
+    assert fields["event_id"] == poison.event_id and fields["deliveries"] == "3"
+    assert fields["stream"] == f"{stream_prefix}:urgent"
+    assert pending["pending"] == 0
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
 async def test_a_restarted_consumer_gets_back_what_it_read_and_never_acknowledged(stream_prefix: str) -> None:
     bus = RedisStreamBus(REDIS_URL, stream_prefix=stream_prefix, consumer="worker-a")
     event = _event("unacked")

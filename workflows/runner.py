@@ -11,69 +11,23 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from datetime import datetime
 from typing import Any, Literal
 
 import anyio
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.types import Command
-from pydantic import BaseModel
+from langgraph.types import Command, StateSnapshot
 
 from broker.errors import BrokerError
 from poller.events import TriggerEvent
 from workflows.deps import WorkflowDeps
 from workflows.graphs import GRAPHS, GraphBuilder
 from workflows.models import OrderIntent, Proposal
+from workflows.run_types import DecisionResult, PendingApproval, RunView, WorkflowError
 from workflows.store import Approval, MarketEvent, WorkflowRun, as_utc, utc_now
 
 log = logging.getLogger(__name__)
 
 Decision = Literal["approve", "reject"]
-
-
-class WorkflowError(Exception):
-    """A workflow could not start or continue; the message says why and what to do."""
-
-
-class RunView(BaseModel):
-    workflow_id: str
-    workflow: str
-    status: str
-    symbol: str | None = None
-    summary: str = ""
-    error: str | None = None
-    pending_approval_id: str | None = None
-    result: dict[str, Any] = {}
-    created_at: datetime
-    updated_at: datetime
-
-
-class PendingApproval(BaseModel):
-    approval_id: str
-    workflow_id: str
-    workflow: str
-    mode: str
-    account_id: str
-    symbol: str
-    instrument: str
-    side: str
-    quantity: float
-    order_type: str
-    limit_price: float | None
-    reference_price: float
-    notional_usd: float
-    rationale: str
-    analyst: str
-    expires_at: datetime
-    details: dict[str, Any] = {}
-    how_to_answer: str
-
-
-class DecisionResult(BaseModel):
-    approval_id: str
-    accepted: bool
-    message: str
-    run: RunView | None = None
 
 
 def _instrument(intent: OrderIntent) -> str:
@@ -111,6 +65,13 @@ def pending_view(approval: Approval) -> PendingApproval:
     )
 
 
+def cut_short(snapshot: StateSnapshot) -> bool:
+    """Whether a run stopped between steps, not at an interrupt or its end. `snapshot.next` is not enough: it
+    leaves out a task whose writes were saved before its step's checkpoint was (a stop in that gap), and
+    invoking the graph again applies those writes and goes on."""
+    return bool(snapshot.tasks) and not snapshot.interrupts
+
+
 class WorkflowRunner:
     def __init__(
         self,
@@ -141,25 +102,26 @@ class WorkflowRunner:
             raise WorkflowError(f"unknown workflow {workflow!r}; available: {', '.join(self.workflows)}")
         event_payload = event.model_dump(mode="json") if event else dict(params or {})
         workflow_id = f"{workflow}-{uuid.uuid4().hex[:10]}"
+        symbol = str(event_payload.get("symbol", "")).upper() or None
         run, created = await self.deps.store.create_run(
             WorkflowRun(
                 workflow_id=workflow_id,
                 workflow=workflow,
-                symbol=str(event_payload.get("symbol", "")).upper() or None,
+                symbol=symbol,
                 trigger_event_id=event.event_id if event else None,
                 worker=self.worker_name,
-            )
+            ),
+            audit=self.deps.audit.record(
+                "workflow_started",
+                workflow=workflow,
+                workflow_id=workflow_id,
+                symbol=symbol,
+                trigger=event_payload.get("trigger_name"),
+                condition=event_payload.get("condition"),
+            ),
         )
         if not created:
             return await self.status(run.workflow_id)
-        await self.deps.audit.append(
-            "workflow_started",
-            workflow=workflow,
-            workflow_id=workflow_id,
-            symbol=run.symbol,
-            trigger=event_payload.get("trigger_name"),
-            condition=event_payload.get("condition"),
-        )
         await self._advance(workflow, workflow_id, {"workflow_id": workflow_id, "event": event_payload})
         return await self.status(workflow_id)
 
@@ -168,17 +130,7 @@ class WorkflowRunner:
 
         An event starts at most one run (the run row is unique per event id). A redelivered event means the
         worker that took it died before finishing: its run, if cut short, continues here from its checkpoint."""
-        fresh = await self.deps.store.record_market_event(
-            MarketEvent(
-                event_id=event.event_id,
-                trigger_name=event.trigger_name,
-                symbol=event.symbol,
-                price=event.price,
-                condition=event.condition,
-                channel=event.channel,
-                payload_json=event.model_dump_json(),
-            )
-        )
+        fresh = await self.deps.store.record_market_event(MarketEvent.of(event))
         workflow = event.workflow
         if workflow is None or workflow not in self._graphs:
             if fresh:
@@ -196,12 +148,34 @@ class WorkflowRunner:
         if run.status in ("running", "awaiting_approval") and run.workflow in self._graphs:
             snapshot = await self._snapshot(run.workflow, run.workflow_id)
             if not snapshot.values:
-                # The worker died after recording the run and before the graph's first checkpoint.
-                graph_input = {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
-                await self._advance(run.workflow, run.workflow_id, graph_input)
-            elif snapshot.next and not snapshot.interrupts:
+                await self._run_from_start(run, event)
+            elif cut_short(snapshot):
                 await self._advance(run.workflow, run.workflow_id, None)
         return await self.status(run.workflow_id)
+
+    async def _run_from_start(self, run: WorkflowRun, event: TriggerEvent) -> None:
+        """A run recorded by a worker that died before the graph's first checkpoint: no step ran, so nothing
+        was sent; it starts over from its event."""
+        graph_input = {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
+        await self._advance(run.workflow, run.workflow_id, graph_input)
+
+    async def _input_to_start_over(self, run: WorkflowRun) -> dict[str, Any] | None:
+        """At start-up, for a run with no checkpoint: the input that starts it again from its recorded trigger
+        event; None when it was started by hand (its inputs were only ever in the checkpoint), after ending it
+        as failed with the reason."""
+        recorded = await self.deps.store.market_event(run.trigger_event_id) if run.trigger_event_id else None
+        if recorded is not None and recorded.payload_json:
+            event = TriggerEvent.model_validate_json(recorded.payload_json)
+            return {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
+        reason = (
+            "the overlay stopped before this run's first step; nothing was analysed or sent. "
+            "Start it again with start_strategy."
+        )
+        await self.deps.store.update_run(run.workflow_id, status="failed", error=reason, summary=reason)
+        await self.deps.audit.append(
+            "workflow_failed", workflow=run.workflow, workflow_id=run.workflow_id, error=reason
+        )
+        return None
 
     async def _advance(self, workflow: str, workflow_id: str, graph_input: Any) -> None:
         graph = self._graphs[workflow]
@@ -227,22 +201,32 @@ class WorkflowRunner:
     async def resume_unfinished(self) -> list[str]:
         """After a crash: runs cut short continue from their last checkpoint up to their next stop (a node
         that did not finish is re-run; the order ledger makes a re-run execute node find its order instead of
-        sending it again)."""
+        sending it again). A run cut before its first checkpoint starts over from its trigger event. They are
+        resumed together, and waited for at most `resume_wait_s`: a long one (an exit watch, a VWAP schedule)
+        goes on in the background instead of holding up the start."""
         resumed: list[str] = []
         runs = await self.deps.store.list_runs(limit=200, status="running")
         runs += await self.deps.store.list_runs(limit=200, status="awaiting_approval")
-        for run in runs:
-            if run.workflow not in self._graphs:
-                continue
-            snapshot = await self._snapshot(run.workflow, run.workflow_id)
-            if not snapshot.next or snapshot.interrupts:
-                continue
+
+        async def resume(run: WorkflowRun, graph_input: dict[str, Any] | None) -> None:
             try:
-                await self._advance(run.workflow, run.workflow_id, None)
+                await self._advance_in_background(run.workflow, run.workflow_id, graph_input)
             except WorkflowError as exc:
                 log.warning("run %s could not be resumed: %s", run.workflow_id, exc)
-                continue
+                return
             resumed.append(run.workflow_id)
+
+        async with anyio.create_task_group() as tasks:
+            for run in runs:
+                if run.workflow not in self._graphs:
+                    continue
+                snapshot = await self._snapshot(run.workflow, run.workflow_id)
+                if not snapshot.values:
+                    start_input = await self._input_to_start_over(run)
+                    if start_input is not None:
+                        tasks.start_soon(resume, run, start_input)
+                elif cut_short(snapshot):
+                    tasks.start_soon(resume, run, None)
         return resumed
 
     async def _snapshot(self, workflow: str, workflow_id: str) -> Any:
@@ -272,10 +256,12 @@ class WorkflowRunner:
     async def recent_runs(self, limit: int = 10) -> list[RunView]:
         return [await self.status(run.workflow_id) for run in await self.deps.store.list_runs(limit=limit)]
 
-    async def pending(self) -> list[PendingApproval]:
-        """Approvals still open: past-deadline ones are left out here and closed by the sweeper."""
+    async def pending(self, rows: list[Approval] | None = None) -> list[PendingApproval]:
+        """Approvals still open, oldest first: one read of the pending rows (or `rows`, read already with
+        something else). Past-deadline ones are left out here, not expired: the sweeper does that every 5 s."""
         now = utc_now()
-        return [pending_view(a) for a in await self.deps.store.pending_approvals() if as_utc(a.expires_at) > now]
+        rows = await self.deps.store.pending_approvals() if rows is None else rows
+        return [pending_view(a) for a in rows if as_utc(a.expires_at) > now]
 
     async def expire_overdue(self) -> int:
         """Pending approvals past their deadline become "expired" and their runs finish without an order."""
@@ -414,7 +400,7 @@ class WorkflowRunner:
         if run is None:
             raise WorkflowError(f"approval {approval.approval_id} belongs to no known run")
         snapshot = await self._snapshot(run.workflow, run.workflow_id)
-        if snapshot.next and not snapshot.interrupts:
+        if cut_short(snapshot):
             # The approval row is written one step before the graph stops at its interrupt; a decision (or a
             # restart) that lands in between first lets the graph reach the interrupt.
             await self._advance(run.workflow, run.workflow_id, None)
