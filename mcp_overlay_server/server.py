@@ -1,27 +1,39 @@
 """The overlay's MCP server: a table of tools. Each docstring is what the model reads."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.resolve import Sample
+from mcp_types import CallToolResult, CreateMessageResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from broker.errors import BrokerError
 from broker.models import Order
 from mcp_overlay_server.actions import start_workflow
 from mcp_overlay_server.app import Overlay
+from mcp_overlay_server.client_sampling import (
+    AnalystChoice,
+    SamplingDrafts,
+    carried_analysis,
+    draft_prompt,
+    sample_request,
+    wants_client_analysis,
+)
 from mcp_overlay_server.context import TradingContext, build_context
 from mcp_overlay_server.health import HealthReport, check_health
 from mcp_overlay_server.notifications import ChangeWatcher, SessionHub
 from mcp_overlay_server.performance import PerformanceReport, build_performance_report
 from mcp_overlay_server.prompts import register_prompts
 from mcp_overlay_server.resources import register_resources
+from mcp_overlay_server.startup import LazyOverlay, OverlayUnavailable
 from mcp_overlay_server.views import MARKET_SCAN, PriceHistory, TriggerList, TriggerView, price_history, trigger_list
 from poller.triggers import TriggerSpec
 from replay.suggest import (
@@ -33,7 +45,7 @@ from replay.suggest import (
 )
 from workflows.risk import RiskLimits, TradingState
 from workflows.risk_gate import LIMITS_KEY, STATE_KEY
-from workflows.runner import DecisionResult, PendingApproval, RunView, WorkflowError
+from workflows.run_types import DecisionResult, PendingApproval, RunView, WorkflowError
 
 INSTRUCTIONS = """\
 IB MCP Overlay runs trading workflows beside IB_MCP (the raw Interactive Brokers tools).
@@ -136,11 +148,19 @@ RiskLimitsUpdate = create_model(
 
 
 class OverlayMCPServer(MCPServer):
-    """MCPServer whose argument errors read as one line per field instead of pydantic's report."""
+    """MCPServer whose argument errors read as one line per field instead of pydantic's report, and whose tools
+    and resources wait for `opening` (the overlay opening in the background), if any, before they run."""
+
+    opening: LazyOverlay | None = None
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context | None = None
     ) -> CallToolResult | InputRequiredResult:
+        if self.opening is not None:
+            try:
+                await self.opening.wait_open()
+            except OverlayUnavailable as exc:
+                raise ToolError(str(exc)) from exc
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -149,6 +169,16 @@ class OverlayMCPServer(MCPServer):
                     f"invalid arguments for {name}: {_validation_message(exc.__cause__, with_input=True)}"
                 ) from exc.__cause__
             raise
+
+    async def read_resource(
+        self, uri: Any, context: Context | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        if self.opening is not None:
+            try:
+                await self.opening.wait_open()
+            except OverlayUnavailable as exc:
+                raise ResourceError(str(exc)) from exc
+        return await super().read_resource(uri, context)
 
 
 def _tool_error(exc: Exception) -> ToolError:
@@ -195,17 +225,28 @@ def _supports_form_elicitation(ctx: Context) -> bool:
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
-def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> MCPServer:
-    """The MCP server over `overlay`. Its lifespan runs the change watcher that feeds resource updates and
-    background-event log messages (trigger fired, order filled) to subscribed clients."""
+def build_server(overlay: Overlay | LazyOverlay, *, watch_interval_s: float | None = None) -> MCPServer:
+    """The MCP server over `overlay`, open or opening in the background (a LazyOverlay: tools and resources
+    are listed at once and wait for it when called). Its lifespan runs the change watcher that feeds resource
+    updates and background-event log messages (trigger fired, order filled) to subscribed clients."""
     hub = SessionHub()
     suggestion_lock = anyio.Lock()
+    drafts = SamplingDrafts()
+    opening = overlay if isinstance(overlay, LazyOverlay) else None
+
+    async def watch_changes() -> None:
+        if opening is not None:
+            try:
+                await opening.wait_open(math.inf)
+            except OverlayUnavailable:
+                return
+        watcher = ChangeWatcher(overlay, hub, **({"interval_s": watch_interval_s} if watch_interval_s else {}))
+        await watcher.run()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
-        watcher = ChangeWatcher(overlay, hub, **({"interval_s": watch_interval_s} if watch_interval_s else {}))
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(watcher.run)
+            tasks.start_soon(watch_changes)
             yield
             tasks.cancel_scope.cancel()
 
@@ -216,6 +257,7 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
         lifespan=lifespan,
         subscriptions=hub.bus,
     )
+    server.opening = opening
     hub.install(server)
     register_resources(server, overlay)
     register_prompts(server)
@@ -224,9 +266,21 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
     async def get_context() -> TradingContext:
         """The trading desk at a glance, compact enough to read in one go: trading mode (paper/live) and
         account, cash and net liquidation (USD), positions, pending approvals, recent workflow runs and orders,
-        risk limits, triggers and the poller's health. Read-only. If IB_MCP is unreachable the broker part says
-        so in `broker_error` and the rest is still returned."""
+        risk limits, triggers and the poller's health. Read-only. Cash, net liquidation and positions are a
+        snapshot refreshed every few seconds and right after an order is submitted or filled: `broker_as_of` and
+        `broker_age_s` say how old it is (risk checks and approve_trade always read the broker live). If IB_MCP
+        is unreachable the broker part says so in `broker_error` and the rest is still returned."""
         return await build_context(overlay)
+
+    async def ask_client_model(
+        workflow: str, symbol: str, condition: str, params: dict[str, Any] | None, analyst: AnalystChoice, ctx: Context
+    ) -> Sample | None:
+        if not wants_client_analysis(analyst, workflow, ctx, overlay.runner.deps.analyst.name):
+            return None
+        try:
+            return sample_request(await draft_prompt(overlay, drafts, workflow, symbol, condition, params))
+        except BrokerError as exc:
+            raise _tool_error(exc) from exc
 
     @server.tool(annotations=STARTING)
     async def start_strategy(
@@ -243,12 +297,26 @@ def build_server(overlay: Overlay, *, watch_interval_s: float | None = None) -> 
                 "for vwap_order; symbol, price and condition are filled in by this tool"
             ),
         ] = None,
+        analyst: Annotated[
+            AnalystChoice,
+            Field(
+                description="who analyses: 'auto' (default) asks this client's own model through MCP sampling when "
+                "the overlay has no Claude API key and the client supports sampling, else the overlay's analyst; "
+                "'client' always asks this client's model (error if it cannot be asked); 'overlay' never does"
+            ),
+        ] = "auto",
+        client_answer: Annotated[CreateMessageResult | None, Resolve(ask_client_model)] = None,
     ) -> RunView:
         """Start a workflow now for one symbol. It gathers account, position and quote from IB_MCP, asks the
         analyst, checks risk, and, if it proposes an order, stops with status "awaiting_approval" and a
         `pending_approval_id`: show that proposal to the user and ask them (review_approval, or approve_trade
-        with their answer). No order is placed by this tool. Sends progress notifications while it runs."""
-
+        with their answer). No order is placed by this tool. Sends progress notifications while it runs.
+        price_alert and momentum_trade can be analysed by this client's own model (MCP sampling, see
+        `analyst`); its answer is checked against the same limits as the overlay's analyst, and a malformed or
+        out-of-range answer becomes a hold whose reason is shown. The run's recommendation names its source."""
+        if client_answer is not None:
+            prompt = await draft_prompt(overlay, drafts, workflow, symbol, condition, params)
+            params = {**(params or {}), **carried_analysis(client_answer, prompt)}
         try:
             return await _with_progress(
                 ctx,

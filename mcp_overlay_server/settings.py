@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workflows.analyst import DEFAULT_CLAUDE_MODEL
+from workflows.claude_call import DEFAULT_CLAUDE_MODEL
 
 
 class OverlaySettings(BaseSettings):
@@ -60,6 +60,13 @@ class OverlaySettings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), validation_alias=AliasChoices("OVERLAY_DATA_DIR", "DATA_DIR"))
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
     poller_config: Path | None = Field(default=None, validation_alias=AliasChoices("POLLER_CONFIG"))
+    checkpoint_retention_days: float = Field(
+        default=7.0,
+        ge=0,
+        validation_alias=AliasChoices("CHECKPOINT_RETENTION_DAYS"),
+        description="LangGraph checkpoints of runs finished longer ago than this are deleted (hourly sweep); "
+        "runs, approvals, orders and the audit log are kept. 0 keeps checkpoints forever",
+    )
 
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CLAUDE_API_KEY")
@@ -84,6 +91,13 @@ class OverlaySettings(BaseSettings):
         description="approve_trade waits this long for the run; longer runs go on in the background",
     )
     max_price_drift_pct: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("MAX_PRICE_DRIFT_PCT"))
+    brackets: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("IB_BRACKETS"),
+        description="exits of momentum_trade held at the broker as a bracket (stop + target attached to the entry): "
+        "auto = when IB_MCP's order tool takes orders with parentId, on = required (a proposal fails without it), "
+        "off = the overlay watches the price and places the exit itself",
+    )
 
     market_calendar: str = Field(
         default="XNYS",
