@@ -2,7 +2,8 @@
 
 `start_strategy(analyst=...)` decides here whether to ask the client: "client" insists, "auto" asks when the
 overlay has no Claude API key of its own and the client declared the sampling capability, "overlay" never
-asks. The prompt is the Claude analyst's, built from the same inputs the workflow's own `gather` reads.
+asks. The analyst modules (and SQLAlchemy with them) are imported when a sampled start first needs them.
+The prompt is the Claude analyst's, built from the same inputs the workflow's own `gather` reads.
 
 On protocol 2026-07-28 a sampled tool call takes two rounds (the client answers, then retries the call) and
 the request must be identical in both, so a draft is kept for DRAFT_TTL_S under the call's arguments: the
@@ -24,11 +25,11 @@ from mcp.server.mcpserver.resolve import Sample
 from mcp_types import CreateMessageResult, ModelHint, ModelPreferences, SamplingMessage, TextContent
 
 from mcp_overlay_server.actions import manual_event
-from workflows.client_analyst import EVENT_KEY, MAX_TOKENS, ClientAnalysis, SamplingPrompt, sampling_prompt
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay
     from workflows.analyst import AnalysisRequest
+    from workflows.client_analyst import SamplingPrompt
     from workflows.deps import WorkflowDeps
 
 AnalystChoice = Literal["auto", "overlay", "client"]
@@ -107,6 +108,8 @@ class SamplingDrafts:
 async def draft_prompt(
     overlay: Overlay, drafts: SamplingDrafts, workflow: str, symbol: str, condition: str, params: dict[str, Any] | None
 ) -> SamplingPrompt:
+    from workflows.client_analyst import sampling_prompt
+
     key = draft_key(workflow, symbol, condition, params)
     prompt = drafts.get(key)
     if prompt is None:
@@ -117,6 +120,8 @@ async def draft_prompt(
 
 
 def sample_request(prompt: SamplingPrompt) -> Sample:
+    from workflows.client_analyst import MAX_TOKENS
+
     return Sample(
         [SamplingMessage(role="user", content=TextContent(type="text", text=prompt.user))],
         max_tokens=MAX_TOKENS,
@@ -128,5 +133,7 @@ def sample_request(prompt: SamplingPrompt) -> Sample:
 
 def carried_analysis(answer: CreateMessageResult, prompt: SamplingPrompt) -> dict[str, Any]:
     """The client's answer as the run's event carries it (`EVENT_KEY`); non-text content counts as empty."""
+    from workflows.client_analyst import EVENT_KEY, ClientAnalysis
+
     text = answer.content.text if isinstance(answer.content, TextContent) else ""
     return {EVENT_KEY: ClientAnalysis(text=text, model=answer.model, prompt_sha256=prompt.sha256).model_dump()}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from workflows.run_types import PendingApproval
-from workflows.store import as_utc
+from workflows.times import as_utc
 
 if TYPE_CHECKING:
     from broker.models import Position

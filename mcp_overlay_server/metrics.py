@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from mcp_overlay_server.performance import build_performance_report
-from workflows.store import as_utc
+from workflows.times import as_utc
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay

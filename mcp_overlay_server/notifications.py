@@ -29,7 +29,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from workflows.store import as_utc
+from workflows.times import as_utc
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay

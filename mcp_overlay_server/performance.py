@@ -28,10 +28,10 @@ from pydantic import BaseModel
 
 from replay.metrics import UNATTRIBUTED, Attribution, Drawdown, Fill, attribute, max_drawdown, win_rate
 from workflows.models import Proposal
-from workflows.store import OrderRecord, as_utc
+from workflows.times import as_utc
 
 if TYPE_CHECKING:
-    from workflows.store import WorkflowStore
+    from workflows.store import OrderRecord, WorkflowStore
     from workflows.usage import UsageLedger
 
 REPORT_ORDER_LIMIT = 1_000

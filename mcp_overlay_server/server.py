@@ -43,8 +43,7 @@ from replay.suggest import (
     decide_suggestion,
     suggest_for_overlay,
 )
-from workflows.risk import RiskLimits, TradingState
-from workflows.risk_gate import LIMITS_KEY, STATE_KEY
+from workflows.risk import LIMITS_KEY, STATE_KEY, RiskLimits, TradingState
 from workflows.run_types import DecisionResult, PendingApproval, RunView, WorkflowError
 
 INSTRUCTIONS = """\

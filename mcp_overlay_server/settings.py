@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workflows.claude_call import DEFAULT_CLAUDE_MODEL
+from workflows.models import DEFAULT_CLAUDE_MODEL
 
 
 class OverlaySettings(BaseSettings):

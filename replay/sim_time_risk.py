@@ -1,6 +1,6 @@
 """The risk gate on simulated time: "now", the order-rate window and market hours read the replay's clock.
 
-The live gate asks `workflows.store.utc_now()` (wall time) and counts orders by the ledger's wall-clock
+The live gate asks `workflows.times.utc_now()` (wall time) and counts orders by the ledger's wall-clock
 `created_at`; replayed at full speed, a year of daily bars would then look like one burst of orders. Here
 `now` is the bar's time and recent orders are the simulated broker's, stamped on the same clock.
 """

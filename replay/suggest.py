@@ -31,16 +31,17 @@ from pydantic import BaseModel
 from broker.sim.prices import load_bars_csv
 from mcp_overlay_server.settings import OverlaySettings
 from poller.triggers import TriggerSpec
-from replay.claude_reviewer import ClaudeReviewer
-from replay.engine import ReplayConfig, ReplayError, run_replay, workflow_of
 from replay.market import parse_commission
 from replay.policy import ApprovalPolicy
 from replay.report import ReplayReport
 from workflows.risk import RiskLimits
-from workflows.store import WorkflowStore, utc_now
+from workflows.times import utc_now
 
 if TYPE_CHECKING:
     from mcp_overlay_server.app import Overlay
+    from replay.claude_reviewer import ClaudeReviewer
+    from replay.engine import ReplayConfig
+    from workflows.store import WorkflowStore
 
 PRICE_THRESHOLD = re.compile(r"^\s*price\s*(<=|<|>=|>)\s*([0-9]+(?:\.[0-9]+)?)\s*$")
 STEP_PCT = Decimal(2)
@@ -170,6 +171,8 @@ class OfflineReviewer:
         by_trigger: dict[str, Any],
         by_workflow: dict[str, Any],
     ) -> list[ParameterChange]:
+        from replay.engine import workflow_of
+
         operator, level = threshold
         below = operator.startswith("<")
         closes = [point.prices_usd[spec.symbol] for point in report.equity_curve if spec.symbol in point.prices_usd]
@@ -227,6 +230,8 @@ async def suggest(
     reviewer: OfflineReviewer | ClaudeReviewer | None = None,
 ) -> tuple[SuggestionSet, list[StrategySuggestion]]:
     """Replay as things are, review, and replay each proposed change on the same bars."""
+    from replay.engine import run_replay
+
     reviewer = reviewer or OfflineReviewer()
     baseline_config = replace(config, risk_limits=limits)
     baseline = await run_replay(baseline_config, settings)
@@ -300,6 +305,8 @@ def reviewer_for(overlay: Overlay) -> OfflineReviewer | ClaudeReviewer:
         return OfflineReviewer()
     import anthropic
 
+    from replay.claude_reviewer import ClaudeReviewer
+
     client = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key.get_secret_value())
     return ClaudeReviewer(
         client, usage=overlay.usage, model=settings.claude_model, daily_budget_usd=settings.claude_daily_budget_usd
@@ -316,6 +323,8 @@ async def suggest_for_overlay(
     slippage_bps: float = 0.0,
 ) -> SuggestionSet:
     """Review the overlay's own triggers and risk limits on recorded bars; every proposal is saved as pending."""
+    from replay.engine import ReplayConfig, ReplayError
+
     try:
         bars = load_bars_csv(data_path, symbol)
     except (OSError, KeyError, ValueError) as exc:

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from workflows.audit import AuditLog
-from workflows.store import Approval, WorkflowRun, WorkflowStore, make_engine, utc_now
+from workflows.store import Approval, WorkflowRun, WorkflowStore, make_engine
+from workflows.times import utc_now
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,5 @@
 """`serve` answers `initialize` and `tools/list` before the overlay has opened, without importing LangGraph,
-anthropic, pandas, redis or the graphs; tools wait for the overlay opening in the background and say why
+anthropic, pandas, redis, SQLAlchemy or the graphs; tools wait for the overlay opening in the background and say why
 when it could not open."""
 
 from __future__ import annotations
@@ -28,7 +28,18 @@ from workflows.graphs import GRAPHS, WORKFLOW_NAMES
 
 pytestmark = pytest.mark.anyio
 
-HEAVY = ("langgraph", "langchain_core", "anthropic", "pandas", "numpy", "redis", "exchange_calendars", "talib")
+HEAVY = (
+    "langgraph",
+    "langchain_core",
+    "anthropic",
+    "pandas",
+    "numpy",
+    "redis",
+    "exchange_calendars",
+    "talib",
+    "sqlalchemy",
+    "sqlmodel",
+)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIST_TOOLS_IN_A_FRESH_INTERPRETER = """
 import json, sys

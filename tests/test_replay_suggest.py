@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -123,8 +124,16 @@ async def test_performance_report_attributes_live_fills_to_their_trigger(
     assert await overlay.poller.poll_once() == []
     market.set_price("AAPL", "110.40")
     [event] = await overlay.poller.poll_once()
+    # The overlay's own consumer takes the event from the bus too: whichever call starts the run, the other
+    # may see it still running, so wait for its proposal.
     run = await overlay.runner.handle_event(event)
-    assert run is not None and run.pending_approval_id
+    assert run is not None
+    with anyio.fail_after(10):
+        while True:
+            run = await overlay.runner.status(run.workflow_id)
+            if run.pending_approval_id:
+                break
+            await anyio.sleep(0.02)
     await call(client, "approve_trade", approval_id=run.pending_approval_id, decision="approve")
 
     report = await call(client, "performance_report")

@@ -21,7 +21,8 @@ from mcp_overlay_server.app import Overlay, open_overlay
 from tests.test_walking_skeleton import POLLER, make_market, settings_for
 from workflows.checkpoint import checkpoint_threads
 from workflows.retention import CheckpointRetention
-from workflows.store import WorkflowRun, utc_now
+from workflows.store import WorkflowRun
+from workflows.times import utc_now
 
 pytestmark = pytest.mark.anyio
 

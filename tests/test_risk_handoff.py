@@ -19,7 +19,8 @@ from mcp_overlay_server.app import Overlay, open_overlay
 from tests.test_walking_skeleton import POLLER, make_market, settings_for
 from workflows.risk import PositionSnapshot
 from workflows.risk_gate import HANDOFF_MAX_AGE_S, AccountRead, handed_over
-from workflows.store import OrderRecord, utc_now
+from workflows.store import OrderRecord
+from workflows.times import utc_now
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from sqlalchemy import update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workflows.store import Approval, OrderRecord, WorkflowStore, make_engine, utc_now
+from workflows.store import Approval, OrderRecord, WorkflowStore, make_engine
+from workflows.times import utc_now
 
 pytestmark = pytest.mark.anyio
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from workflows.models import DEFAULT_CLAUDE_MODEL
 from workflows.usage import TokenUsage, UsageLedger, price_of
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The current Sonnet (platform.claude.com models overview, 2026-11).
-DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
 M = TypeVar("M", bound=BaseModel)
 ProblemKind = Literal["budget", "api", "rejected"]
 Effort = Literal["low", "medium", "high"]

@@ -24,7 +24,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker.client import BrokerClient
 from broker.errors import BrokerError, BrokerUnavailable, OrderConfirmationRefused
 from broker.models import BracketTicket, Order, OrderTicket
-from workflows.store import OrderRecord, WorkflowStore, utc_now
+from workflows.store import OrderRecord, WorkflowStore
+from workflows.times import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 from broker.models import OrderType, Side
 
+# The current Sonnet (platform.claude.com models overview, 2026-11).
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
 Action = Literal["buy", "sell", "hold"]
 TradingMode = Literal["paper", "live"]
 

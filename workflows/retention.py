@@ -20,7 +20,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workflows.checkpoint import checkpoint_threads, compact_checkpoints
-from workflows.store import WorkflowRun, WorkflowStore, utc_now
+from workflows.store import WorkflowRun, WorkflowStore
+from workflows.times import utc_now
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver

@@ -87,6 +87,12 @@ class PositionSnapshot(BaseModel):
     market_price_usd: float | None = Field(default=None, ge=0)
 
 
+LIMITS_KEY = "risk_limits"
+"""The preference key the limits are saved under (and re-read by every worker before each check)."""
+STATE_KEY = "trading_state"
+"""The preference key of the TradingState (the kill switch)."""
+
+
 class WorkingOrder(BaseModel):
     """An order sent but not yet filled or cancelled; only its unfilled remainder counts."""
 

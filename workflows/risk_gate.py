@@ -26,6 +26,8 @@ from workflows.deps import TradingSettings
 from workflows.market_hours import AlwaysOpen, MarketClock
 from workflows.models import OrderIntent, RiskDecision
 from workflows.risk import (
+    LIMITS_KEY,
+    STATE_KEY,
     PositionSnapshot,
     PricePoint,
     RiskContext,
@@ -34,12 +36,11 @@ from workflows.risk import (
     TradingState,
     WorkingOrder,
 )
-from workflows.store import OrderRecord, WorkflowStore, as_utc, utc_now
+from workflows.store import OrderRecord, WorkflowStore
+from workflows.times import as_utc, utc_now
 
-LIMITS_KEY = "risk_limits"
 # IB paces the live-orders call at one per 5 s; our own ledger counts orders we just sent in any case.
 LIVE_ORDERS_MAX_AGE_S = 5.0
-STATE_KEY = "trading_state"
 HANDOFF_MAX_AGE_S = 30.0
 PriceHistory = Callable[[str], Awaitable[Sequence[PricePoint]]]
 

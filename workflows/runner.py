@@ -23,7 +23,8 @@ from workflows.deps import WorkflowDeps
 from workflows.graphs import GRAPHS, GraphBuilder
 from workflows.models import OrderIntent, Proposal
 from workflows.run_types import DecisionResult, PendingApproval, RunView, WorkflowError
-from workflows.store import Approval, MarketEvent, WorkflowRun, as_utc, utc_now
+from workflows.store import Approval, MarketEvent, WorkflowRun
+from workflows.times import as_utc, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from workflows.graphs.market_scan import WORKFLOW as MARKET_SCAN
 from workflows.market_hours import NEW_YORK, MarketClock
 from workflows.run_types import RunView, WorkflowError
 from workflows.runner import WorkflowRunner
-from workflows.store import utc_now
+from workflows.times import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from workflows.db import Database, sqlite_pragmas
+from workflows.times import utc_now
 
 if TYPE_CHECKING:
     from poller.events import TriggerEvent
@@ -30,15 +31,6 @@ if TYPE_CHECKING:
 RunStatus = Literal["running", "awaiting_approval", "completed", "rejected", "denied", "failed", "cancelled"]
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 LedgerStatus = Literal["intent", "sent", "submitted", "filled", "cancelled", "failed", "unknown"]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; every time we store is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class WorkflowRun(SQLModel, table=True):

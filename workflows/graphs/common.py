@@ -20,7 +20,8 @@ from workflows.deps import WorkflowDeps
 from workflows.execution import client_order_id, place_once
 from workflows.models import OrderIntent, Proposal, Recommendation, RiskDecision
 from workflows.risk_gate import AccountRead, handed_over, read_account
-from workflows.store import Approval, OrderRecord, utc_now
+from workflows.store import Approval, OrderRecord
+from workflows.times import utc_now
 
 
 class TradeState(TypedDict, total=False):

@@ -46,7 +46,8 @@ from workflows.models import OptionContract, OrderIntent, Recommendation
 from workflows.option_analyst import CallCandidate, CoveredCallChoice, CoveredCallRequest, covered_call_analyst
 from workflows.option_risk import OptionRiskGate
 from workflows.short_calls import ShortCallWatch
-from workflows.store import PositionMemory, utc_now
+from workflows.store import PositionMemory
+from workflows.times import utc_now
 
 WORKFLOW = "covered_call"
 SHARES_PER_CONTRACT = 100
@@ -75,7 +76,7 @@ def _flag(state: CoveredCallState, key: str, default: bool) -> bool:
 
 
 def _today() -> date:
-    """Today in New York, where expiries are counted (the clock is workflows.store.utc_now)."""
+    """Today in New York, where expiries are counted (the clock is workflows.times.utc_now)."""
     return new_york_date(utc_now())
 
 

@@ -25,7 +25,8 @@ from broker.market_data import HistoryBar, history_bars
 from broker.models import Quote
 from workflows.deps import WorkflowDeps
 from workflows.scan_analyst import OfflineScanRanker, ScanCandidate, ScanRanker, ScanRanking
-from workflows.store import WorkflowRun, WorkflowStore, utc_now
+from workflows.store import WorkflowRun, WorkflowStore
+from workflows.times import utc_now
 
 WORKFLOW = "market_scan"
 WATCHLIST_PREFERENCE = "watchlist"

@@ -70,7 +70,8 @@ from workflows.short_calls import (
     remembered,
     short_call_watch,
 )
-from workflows.store import MarketEvent, PositionMemory, WorkflowStore, as_utc, utc_now
+from workflows.store import MarketEvent, PositionMemory, WorkflowStore
+from workflows.times import as_utc, utc_now
 
 if TYPE_CHECKING:
     from workflows.runner import WorkflowRunner
