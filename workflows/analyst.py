@@ -291,11 +291,7 @@ class ClaudeAnalyst:
         )
         if reply.answer is not None:
             return recommendation_from(reply.answer, source=self.name)
-        why = {
-            "budget": f"{reply.problem}; no analysis until midnight ET",
-            "api": f"No Claude analysis: {reply.problem}. Holding.",
-        }.get(reply.kind or "", f"Claude's answer was rejected: {reply.problem}. Holding.")
-        return hold(why, source=self.name)
+        return hold(reply.hold_reason, source=self.name)
 
 
 def build_analyst(

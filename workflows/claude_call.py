@@ -45,7 +45,15 @@ class ClaudeReply(Generic[M]):
     answer: M | None
     problem: str | None = None
     kind: ProblemKind | None = None
-    spent_usd: float = 0.0
+
+    @property
+    def hold_reason(self) -> str:
+        """Why the caller holds instead of acting on an answer, in the words every analyst shows."""
+        if self.kind == "budget":
+            return f"{self.problem}; no analysis until midnight ET"
+        if self.kind == "api":
+            return f"No Claude analysis: {self.problem}. Holding."
+        return f"Claude's answer was rejected: {self.problem}. Holding."
 
 
 def token_usage(usage: Usage) -> TokenUsage:
@@ -150,7 +158,6 @@ class ClaudeCaller:
                 f"daily Claude budget ${self.daily_budget_usd:,.2f} spent (${spent_usd:,.2f} today{under_way}, "
                 "New York time)",
                 "budget",
-                spent_usd,
             )
         with self.usage.reservation(worst_case_usd(body)):
             return await self._call(body, workflow, workflow_id, schema, check)

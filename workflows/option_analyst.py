@@ -178,11 +178,7 @@ class ClaudeCoveredCallAnalyst:
         )
         answer = reply.answer
         if answer is None:
-            why = {
-                "budget": f"{reply.problem}; no analysis",
-                "api": f"No Claude analysis: {reply.problem}. Holding.",
-            }.get(reply.kind or "", f"Claude's answer was rejected: {reply.problem}. Holding.")
-            return _hold(why, self.name)
+            return _hold(reply.hold_reason, self.name)
         if answer.action == "hold":
             return _hold(answer.rationale, self.name)
         return CoveredCallChoice(

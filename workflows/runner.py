@@ -66,6 +66,12 @@ def pending_view(approval: Approval) -> PendingApproval:
     )
 
 
+def graph_input(workflow_id: str, event: TriggerEvent | dict[str, Any]) -> dict[str, Any]:
+    """What a run starts from: its id and its event (a trigger's, or a hand-started run's parameters)."""
+    payload = event.model_dump(mode="json") if isinstance(event, TriggerEvent) else event
+    return {"workflow_id": workflow_id, "event": payload}
+
+
 def cut_short(snapshot: StateSnapshot) -> bool:
     """Whether a run stopped between steps, not at an interrupt or its end. `snapshot.next` is not enough: it
     leaves out a task whose writes were saved before its step's checkpoint was (a stop in that gap), and
@@ -123,7 +129,7 @@ class WorkflowRunner:
         )
         if not created:
             return await self.status(run.workflow_id)
-        await self._advance(workflow, workflow_id, {"workflow_id": workflow_id, "event": event_payload})
+        await self._advance(workflow, workflow_id, graph_input(workflow_id, event_payload))
         return await self.status(workflow_id)
 
     async def handle_event(self, event: TriggerEvent, *, redelivered: bool = False) -> RunView | None:
@@ -149,16 +155,12 @@ class WorkflowRunner:
         if run.status in ("running", "awaiting_approval") and run.workflow in self._graphs:
             snapshot = await self._snapshot(run.workflow, run.workflow_id)
             if not snapshot.values:
-                await self._run_from_start(run, event)
+                # The worker died after recording the run and before the graph's first checkpoint: no step ran,
+                # so nothing was sent; it starts over from its event.
+                await self._advance(run.workflow, run.workflow_id, graph_input(run.workflow_id, event))
             elif cut_short(snapshot):
                 await self._advance(run.workflow, run.workflow_id, None)
         return await self.status(run.workflow_id)
-
-    async def _run_from_start(self, run: WorkflowRun, event: TriggerEvent) -> None:
-        """A run recorded by a worker that died before the graph's first checkpoint: no step ran, so nothing
-        was sent; it starts over from its event."""
-        graph_input = {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
-        await self._advance(run.workflow, run.workflow_id, graph_input)
 
     async def _input_to_start_over(self, run: WorkflowRun) -> dict[str, Any] | None:
         """At start-up, for a run with no checkpoint: the input that starts it again from its recorded trigger
@@ -166,8 +168,7 @@ class WorkflowRunner:
         as failed with the reason."""
         recorded = await self.deps.store.market_event(run.trigger_event_id) if run.trigger_event_id else None
         if recorded is not None and recorded.payload_json:
-            event = TriggerEvent.model_validate_json(recorded.payload_json)
-            return {"workflow_id": run.workflow_id, "event": event.model_dump(mode="json")}
+            return graph_input(run.workflow_id, TriggerEvent.model_validate_json(recorded.payload_json))
         reason = (
             "the overlay stopped before this run's first step; nothing was analysed or sent. "
             "Start it again with start_strategy."
